@@ -1,0 +1,23 @@
+# `make demo` and `make test` set themselves up on a fresh machine: a .venv with the package installed,
+# torch pinned by constraints.txt to the local CPU build.
+VENV ?= .venv
+PYTHON := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+
+.PHONY: setup demo test lint
+
+$(STAMP): pyproject.toml constraints.txt
+	test -x $(PYTHON) || python3 -m venv $(VENV)
+	$(PYTHON) -m pip install --quiet --constraint constraints.txt --editable ".[dev,demo]"
+	touch $(STAMP)
+
+setup: $(STAMP)
+
+demo: setup
+	$(PYTHON) -m lightning_sparsity.demo
+
+test: setup
+	$(PYTHON) -m pytest -q
+
+lint: setup
+	$(VENV)/bin/ruff check lightning_sparsity tests

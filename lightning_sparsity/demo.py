@@ -1,0 +1,1 @@
+"""Placeholder main job: a short pruning run on a tiny model (replaced by the real demo)."""

@@ -1,0 +1,28 @@
+"""Pure functions behind the pruners: scores, pattern masks, exact selection and schedules.
+
+They hold no state and know nothing of Lightning, so they can be called on any tensors.
+"""
+
+from lightning_sparsity.functional.criteria import (
+    gradient_scores_,
+    group_lasso_grad_,
+    magnitude_scores,
+    snip_momentum_scores_,
+)
+from lightning_sparsity.functional.patterns import Pattern, group_scores, parse_pattern, pattern_masks
+from lightning_sparsity.functional.schedules import scheduled_sparsity
+from lightning_sparsity.functional.selection import kth_smallest, smallest_k_mask
+
+__all__ = [
+    "Pattern",
+    "gradient_scores_",
+    "group_lasso_grad_",
+    "group_scores",
+    "kth_smallest",
+    "magnitude_scores",
+    "parse_pattern",
+    "pattern_masks",
+    "scheduled_sparsity",
+    "smallest_k_mask",
+    "snip_momentum_scores_",
+]

@@ -1,0 +1,158 @@
+"""Sparsity patterns: which weights are pruned together, and the masks that realise a target ratio.
+
+Weights are viewed as matrices of ``out_features x in_features`` (a convolution's kernel dimensions are
+folded into the input dimension). Patterns:
+
+- ``"1x1"``: unstructured, every weight on its own;
+- ``"NxM"``: blocks of N rows (output features) by M columns (input features), scored by the sum of
+  their elements' scores, e.g. ``"4x1"``;
+- ``"N:M"``: N zeros in every M consecutive weights along the input dimension, e.g. ``"2:4"``; a
+  target below N/M prunes the lowest-scored of each group's N candidates.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Literal, get_args
+
+import torch
+from torch import Tensor
+
+from lightning_sparsity.functional.selection import smallest_k_mask
+
+Method = Literal["per_tensor", "per_channel"]
+Scope = Literal["local", "global"]
+METHODS: tuple[str, ...] = get_args(Method)
+SCOPES: tuple[str, ...] = get_args(Scope)
+PATTERN_FORMS = ('"1x1"', '"NxM" blocks such as "4x1"', '"N:M" such as "2:4"')
+
+_BLOCK = re.compile(r"(\d+)x(\d+)")
+_N_OF_M = re.compile(r"(\d+):(\d+)")
+
+
+@dataclass(frozen=True)
+class Pattern:
+    """A parsed pattern: ``rows x cols`` blocks, or ``n`` zeros in every ``m`` weights when ``m > 0``."""
+
+    rows: int = 1
+    cols: int = 1
+    n: int = 0
+    m: int = 0
+
+    @property
+    def is_n_of_m(self) -> bool:
+        return self.m > 0
+
+    @property
+    def max_sparsity(self) -> float:
+        """The largest sparsity the pattern can express (N/M for N:M, otherwise all zeros)."""
+        return self.n / self.m if self.is_n_of_m else 1.0
+
+    def divides(self, shape: torch.Size) -> bool:
+        """Whether a weight of ``shape`` splits into whole blocks or groups."""
+        out_features, in_features = shape[0], _in_features(shape)
+        if self.is_n_of_m:
+            return in_features % self.m == 0
+        return out_features % self.rows == 0 and in_features % self.cols == 0
+
+
+def parse_pattern(pattern: str) -> Pattern:
+    """Parses ``"1x1"``, ``"NxM"`` or ``"N:M"``; anything else is a ValueError naming the forms."""
+    if isinstance(pattern, str):
+        if block := _BLOCK.fullmatch(pattern):
+            rows, cols = int(block[1]), int(block[2])
+            if rows >= 1 and cols >= 1:
+                return Pattern(rows=rows, cols=cols)
+        elif n_of_m := _N_OF_M.fullmatch(pattern):
+            n, m = int(n_of_m[1]), int(n_of_m[2])
+            if 1 <= n < m:
+                return Pattern(n=n, m=m)
+    raise ValueError(
+        f"pattern={pattern!r} is not valid: use one of {', '.join(PATTERN_FORMS)} "
+        "(block sides >= 1; for N:M, 1 <= N < M)"
+    )
+
+
+def as_matrix(weight: Tensor) -> Tensor:
+    """The ``out_features x in_features`` view of a Linear or Conv weight."""
+    return weight.reshape(weight.shape[0], -1)
+
+
+def block_reduce(matrix: Tensor, rows: int, cols: int) -> Tensor:
+    """Sums ``rows x cols`` blocks of a matrix into one value each."""
+    if rows == cols == 1:
+        return matrix
+    out_features, in_features = matrix.shape
+    blocks = matrix.reshape(out_features // rows, rows, in_features // cols, cols)
+    return blocks.sum(dim=(1, 3))
+
+
+def expand_blocks(blocks: Tensor, rows: int, cols: int) -> Tensor:
+    """Inverse of :func:`block_reduce`'s layout: every block value repeated over its elements."""
+    if rows == cols == 1:
+        return blocks
+    return blocks.repeat_interleave(rows, dim=0).repeat_interleave(cols, dim=1)
+
+
+def group_scores(scores: Tensor, pattern: Pattern) -> Tensor:
+    """Scores of the units the pattern prunes together, as a matrix.
+
+    For N:M, non-candidates (all but the N lowest of each group of M) score ``+inf`` so that no
+    selection of at most N/M of the weights ever reaches them.
+    """
+    matrix = as_matrix(scores)
+    if not pattern.is_n_of_m:
+        return block_reduce(matrix, pattern.rows, pattern.cols)
+    groups = matrix.reshape(matrix.shape[0], -1, pattern.m)
+    lowest = groups.topk(pattern.n, dim=-1, largest=False).indices
+    candidates = torch.zeros_like(groups, dtype=torch.bool).scatter_(-1, lowest, True)
+    return groups.masked_fill(~candidates, float("inf")).reshape_as(matrix)
+
+
+def pattern_masks(
+    scores: Sequence[Tensor],
+    sparsity: float,
+    pattern: Pattern,
+    method: Method = "per_tensor",
+    scope: Scope = "local",
+) -> list[Tensor]:
+    """Boolean keep-masks (False = pruned), shaped like ``scores``, that prune a ``sparsity`` fraction.
+
+    - ``per_tensor`` + ``local``: each tensor loses ``round(sparsity * units)`` of its units;
+    - ``per_channel``: each output row (row of blocks) loses that fraction of its own units;
+    - ``global``: one threshold across all tensors, ``round(sparsity * all units)`` in total.
+
+    Scores of ``-inf`` mark weights that must stay pruned; lower scores are pruned first.
+    """
+    if not 0.0 <= sparsity <= pattern.max_sparsity:
+        raise ValueError(f"sparsity must be in [0, {pattern.max_sparsity}] for this pattern, got {sparsity}")
+    units = [group_scores(s, pattern) for s in scores]
+    if scope == "global":
+        keeps = smallest_k_mask(units, round(sparsity * sum(u.numel() for u in units)))
+    elif method == "per_channel":
+        keeps = [_per_row_mask(u, round(sparsity * u.shape[1])) for u in units]
+    else:
+        keeps = [smallest_k_mask([u], round(sparsity * u.numel()))[0] for u in units]
+    return [_unit_to_weight_mask(keep, s.shape, pattern) for keep, s in zip(keeps, scores)]
+
+
+def _per_row_mask(units: Tensor, k: int) -> Tensor:
+    keep = torch.ones_like(units, dtype=torch.bool)
+    if k > 0:
+        keep.scatter_(1, units.topk(k, dim=1, largest=False).indices, False)
+    return keep
+
+
+def _unit_to_weight_mask(keep: Tensor, shape: torch.Size, pattern: Pattern) -> Tensor:
+    if not pattern.is_n_of_m:
+        keep = expand_blocks(keep, pattern.rows, pattern.cols)
+    return keep.reshape(shape)
+
+
+def _in_features(shape: torch.Size) -> int:
+    size = 1
+    for dim in shape[1:]:
+        size *= dim
+    return size

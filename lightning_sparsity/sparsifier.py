@@ -1,0 +1,174 @@
+"""``Sparsifier``: one ``Pruner`` bound to the weights it selected, holding their masks and scores."""
+
+from __future__ import annotations
+
+from typing import Any, Optional
+
+import torch
+from torch import Tensor, nn
+
+from lightning_sparsity.functional.criteria import (
+    gradient_scores_,
+    group_lasso_grad_,
+    magnitude_scores,
+    snip_momentum_scores_,
+)
+from lightning_sparsity.functional.patterns import pattern_masks
+from lightning_sparsity.functional.schedules import last_update_point, ramp_progress, scheduled_sparsity
+from lightning_sparsity.pruner import Pruner
+
+
+class Sparsifier:
+    """Keeps boolean masks (True = kept) for a pruner's weights and applies them in place.
+
+    The schedule is counted in optimizer steps when the pruner has a ``step_range``, else in epochs.
+    Masks only grow sparser: a pruned weight stays pruned.
+    """
+
+    def __init__(self, pruner: Pruner, weights: dict[str, nn.Parameter]) -> None:
+        self.pruner = pruner
+        self.weights = weights
+        self.pattern = pruner.parsed_pattern
+        self.settings = pruner.algorithm_settings
+        self.masks: dict[str, Tensor] = {}
+        self.scores: dict[str, Tensor] = {}
+        self.last_update: Optional[int] = None
+        self.current_target = 0.0
+        self.scored_steps = 0
+        for name, weight in weights.items():
+            _check_weight(name, weight, pruner)
+
+    @property
+    def counts_steps(self) -> bool:
+        return self.pruner.step_range is not None
+
+    @property
+    def ramp(self) -> list[int]:
+        return self.pruner.step_range if self.counts_steps else self.pruner.epoch_range
+
+    @property
+    def numel(self) -> int:
+        return sum(w.numel() for w in self.weights.values())
+
+    @property
+    def final_target(self) -> float:
+        return self.current_target if self.pruner.prune_type == "PatternLock" else self.pruner.target_sparsity_ratio
+
+    def lock_existing_zeros(self) -> None:
+        """PatternLock: the zeros the weights hold now become the masks, once."""
+        if not self.masks:
+            self.masks = {name: w.detach() != 0 for name, w in self.weights.items()}
+            self.current_target = self.mask_sparsity()
+
+    def step(self, now: int) -> bool:
+        """Updates the masks if an update point of the ramp lies in ``(last_update, now]``."""
+        if self.pruner.prune_type == "PatternLock":
+            return False
+        start, end = self.ramp
+        point = last_update_point(now, start, end, self.pruner.update_frequency)
+        if point is None or (self.last_update is not None and point <= self.last_update):
+            return False
+        progress = ramp_progress(point, start, end)
+        target = scheduled_sparsity(
+            progress, self.pruner.initial_sparsity_ratio, self.pruner.target_sparsity_ratio, self.pruner.schedule
+        )
+        self.update_masks(target)
+        self.last_update = point
+        return True
+
+    @torch.no_grad()
+    def update_masks(self, sparsity: float) -> None:
+        """Recomputes the masks to prune a ``sparsity`` fraction and zeroes the pruned weights."""
+        for name, weight in self.weights.items():
+            if not torch.isfinite(weight.sum()):
+                raise FloatingPointError(
+                    f"weight {name!r} holds NaN or infinite values at a pruning mask update; lower the "
+                    "learning rate, enable gradient clipping (Trainer(gradient_clip_val=...)) or use fp32"
+                )
+        scores = [self._scores_for(name, weight) for name, weight in self.weights.items()]
+        keeps = pattern_masks(scores, sparsity, self.pattern, self.pruner.method, self.pruner.scope)
+        self.masks = dict(zip(self.weights, keeps))
+        self.current_target = sparsity
+        self.apply_masks()
+
+    @torch.no_grad()
+    def apply_masks(self) -> None:
+        """Zeroes the pruned weights in place (after every optimizer step)."""
+        for name, mask in self.masks.items():
+            self.weights[name].mul_(mask)
+
+    @torch.no_grad()
+    def before_optimizer_step(self) -> None:
+        """Accumulates gradient scores and adds the group-lasso penalty to the gradients."""
+        prune_type = self.pruner.prune_type
+        if prune_type not in ("SnipMomentum", "Gradient", "GroupLasso"):
+            return
+        for name, weight in self.weights.items():
+            if weight.grad is None:
+                continue
+            if prune_type == "GroupLasso":
+                group_lasso_grad_(weight.grad, weight, self.pattern.rows, self.pattern.cols, self.settings["alpha"])
+                continue
+            scores = self.scores.get(name)
+            if scores is None:
+                scores = self.scores[name] = torch.zeros_like(weight, dtype=torch.float32)
+            if prune_type == "SnipMomentum":
+                snip_momentum_scores_(scores, weight, weight.grad, self.settings["momentum"])
+            else:
+                gradient_scores_(scores, weight.grad)
+        if prune_type != "GroupLasso":
+            self.scored_steps += 1
+
+    def _scores_for(self, name: str, weight: Tensor) -> Tensor:
+        """Importance scores with already-pruned weights at ``-inf`` (gradient types fall back to
+        magnitude until a gradient has been seen)."""
+        scores = self.scores.get(name) if self.scored_steps else None
+        scores = magnitude_scores(weight).float() if scores is None else scores.clone()
+        mask = self.masks.get(name)
+        if mask is not None:
+            scores.masked_fill_(~mask, float("-inf"))
+        return scores
+
+    def mask_sparsity(self) -> float:
+        """Fraction of masked-out weights (0 before the first update)."""
+        pruned = sum(int((~m).sum()) for m in self.masks.values())
+        return pruned / self.numel
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "masks": dict(self.masks),
+            "scores": dict(self.scores),
+            "last_update": self.last_update,
+            "current_target": self.current_target,
+            "scored_steps": self.scored_steps,
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        for kind in ("masks", "scores"):
+            unknown = set(state[kind]) - set(self.weights)
+            if unknown:
+                raise ValueError(
+                    f"the checkpoint's pruning {kind} name weights this pruner does not select: {sorted(unknown)}; "
+                    "resume with the pruning configuration that wrote the checkpoint"
+                )
+        self.masks = {n: m.to(self.weights[n].device) for n, m in state["masks"].items()}
+        self.scores = {n: s.to(self.weights[n].device) for n, s in state["scores"].items()}
+        self.last_update = state["last_update"]
+        self.current_target = float(state["current_target"])
+        self.scored_steps = int(state["scored_steps"])
+
+
+def _check_weight(name: str, weight: nn.Parameter, pruner: Pruner) -> None:
+    if not weight.is_floating_point():
+        raise ValueError(f"weight {name!r} has dtype {weight.dtype}; only floating-point weights can be pruned")
+    if not weight.requires_grad:
+        raise ValueError(
+            f"weight {name!r} is frozen (requires_grad=False): pruning it would leave it unable to recover; "
+            "unfreeze it or remove it with Pruner.excluded_names"
+        )
+    if not pruner.parsed_pattern.divides(weight.shape):
+        raise ValueError(
+            f"Pruner.pattern={pruner.pattern!r} does not divide weight {name!r} of shape {tuple(weight.shape)} "
+            "(out_features x in_features); pick a pattern whose sides divide it or exclude the weight "
+            "with Pruner.excluded_names"
+        )
