@@ -1,0 +1,156 @@
+"""The pure functions: schedules, exact selection, pattern masks and criteria."""
+
+import math
+
+import pytest
+import torch
+
+from lightning_sparsity.functional import (
+    group_lasso_grad_,
+    kth_smallest,
+    parse_pattern,
+    pattern_masks,
+    scheduled_sparsity,
+    smallest_k_mask,
+    snip_momentum_scores_,
+)
+from lightning_sparsity.functional.schedules import SCHEDULES, is_update_point, last_update_point, ramp_progress
+
+
+@pytest.mark.parametrize("schedule", SCHEDULES)
+def test_schedules_start_at_initial_end_at_target_and_grow(schedule):
+    values = [scheduled_sparsity(p / 20, 0.1, 0.9, schedule) for p in range(21)]
+    assert values[0] == pytest.approx(0.1)
+    assert values[-1] == 0.9
+    assert all(b >= a for a, b in zip(values, values[1:]))
+
+
+def test_schedule_shapes():
+    assert scheduled_sparsity(0.5, 0.0, 0.8, "linear") == pytest.approx(0.4)
+    assert scheduled_sparsity(0.5, 0.0, 0.8, "cubic") == pytest.approx(0.8 * (1 - 0.5**3))
+    assert scheduled_sparsity(0.5, 0.0, 0.8, "cos") == pytest.approx(0.8 * (1 - math.cos(math.pi / 4)))
+    # exp: the density shrinks geometrically, so halfway it is the geometric mean of 1 and 0.2
+    assert 1 - scheduled_sparsity(0.5, 0.0, 0.8, "exp") == pytest.approx(math.sqrt(0.2))
+    with pytest.raises(ValueError, match="schedule"):
+        scheduled_sparsity(0.5, 0.0, 0.8, "step")
+
+
+def test_update_points_every_frequency_and_at_the_end():
+    points = [s for s in range(0, 15) if is_update_point(s, 2, 11, 4)]
+    assert points == [2, 6, 10, 11]
+    assert last_update_point(1, 2, 11, 4) is None
+    assert last_update_point(9, 2, 11, 4) == 6
+    assert last_update_point(30, 2, 11, 4) == 11
+    assert ramp_progress(6, 2, 10) == 0.5
+    assert ramp_progress(3, 3, 3) == 1.0
+
+
+@pytest.mark.parametrize("sizes", [[1000], [300_000], [200_000, 70_000, 900]])
+def test_kth_smallest_equals_a_full_sort(sizes):
+    generator = torch.Generator().manual_seed(0)
+    values = [torch.randn(size, generator=generator) for size in sizes]
+    ordered = torch.cat(values).sort().values
+    for k in [1, 7, ordered.numel() // 3, ordered.numel() * 9 // 10, ordered.numel()]:
+        assert kth_smallest(values, k) == ordered[k - 1]
+    with pytest.raises(ValueError):
+        kth_smallest(values, 0)
+
+
+def test_smallest_k_mask_breaks_ties_to_exactly_k():
+    values = [torch.zeros(400_000), torch.tensor([0.0, 1.0, 2.0])]
+    for k in [5, 123_456, 400_001]:
+        keeps = smallest_k_mask(values, k)
+        assert sum(int((~keep).sum()) for keep in keeps) == k
+    keeps = smallest_k_mask([torch.tensor([3.0, 1.0, 2.0, 1.0])], 2)
+    assert keeps[0].tolist() == [True, False, True, False]
+
+
+def test_smallest_k_mask_prunes_exactly_what_a_sort_prunes():
+    generator = torch.Generator().manual_seed(1)
+    values = [torch.randn(500, 700, generator=generator), torch.randn(64, 300, generator=generator)]
+    k = 250_000
+    keeps = smallest_k_mask(values, k)
+    flat_keep = torch.cat([keep.reshape(-1) for keep in keeps])
+    expected = torch.ones_like(flat_keep)
+    expected[torch.cat([v.reshape(-1) for v in values]).argsort()[:k]] = False
+    assert torch.equal(flat_keep, expected)
+
+
+def test_parse_pattern_forms_and_errors():
+    assert parse_pattern("1x1").rows == 1
+    assert (parse_pattern("4x1").rows, parse_pattern("4x1").cols) == (4, 1)
+    assert (parse_pattern("2:4").n, parse_pattern("2:4").m, parse_pattern("2:4").max_sparsity) == (2, 4, 0.5)
+    for bad in ["4x0", "4:4", "0:4", "block", "2:4:8", ""]:
+        with pytest.raises(ValueError, match="pattern"):
+            parse_pattern(bad)
+
+
+def _scores(*shapes):
+    generator = torch.Generator().manual_seed(2)
+    return [torch.rand(shape, generator=generator) for shape in shapes]
+
+
+def test_unstructured_local_masks_hit_the_ratio_per_tensor():
+    scores = _scores((64, 32), (48, 16))
+    keeps = pattern_masks(scores, 0.7, parse_pattern("1x1"))
+    for score, keep in zip(scores, keeps):
+        assert int((~keep).sum()) == round(0.7 * score.numel())
+        assert score[~keep].max() < score[keep].min()
+
+
+def test_per_channel_masks_hit_the_ratio_in_every_row():
+    (score,) = _scores((16, 40))
+    (keep,) = pattern_masks([score], 0.25, parse_pattern("1x1"), method="per_channel")
+    assert ((~keep).sum(dim=1) == 10).all()
+
+
+def test_block_masks_prune_whole_blocks():
+    (score,) = _scores((32, 8))
+    (keep,) = pattern_masks([score], 0.5, parse_pattern("4x1"))
+    blocks = keep.reshape(8, 4, 8).permute(0, 2, 1)  # (block row, column, rows in block)
+    assert (blocks.all(-1) | ~blocks.any(-1)).all()
+    assert int((~keep).sum()) == 128
+
+
+def test_n_of_m_masks_keep_the_group_structure():
+    (score,) = _scores((8, 64))
+    (keep,) = pattern_masks([score], 0.5, parse_pattern("2:4"))
+    assert ((~keep).reshape(8, 16, 4).sum(-1) == 2).all()
+    (partial,) = pattern_masks([score], 0.3, parse_pattern("2:4"))
+    assert int((~partial).sum()) == round(0.3 * 512)
+    assert ((~partial).reshape(8, 16, 4).sum(-1) <= 2).all()
+    with pytest.raises(ValueError, match="sparsity"):
+        pattern_masks([score], 0.6, parse_pattern("2:4"))
+
+
+def test_global_scope_uses_one_threshold():
+    small, large = _scores((32, 32), (32, 32))
+    small = small * 0.1
+    keeps = pattern_masks([small, large], 0.5, parse_pattern("1x1"), scope="global")
+    assert sum(int((~k).sum()) for k in keeps) == 1024
+    assert max(small[~keeps[0]].max(), large[~keeps[1]].max()) < min(small[keeps[0]].min(), large[keeps[1]].min())
+    assert int((~keeps[0]).sum()) > int((~keeps[1]).sum())
+
+
+def test_minus_infinity_scores_stay_pruned():
+    (score,) = _scores((16, 16))
+    score[0, :8] = float("-inf")
+    score[0, 8:] = 10.0
+    (keep,) = pattern_masks([score], 0.1, parse_pattern("1x1"))
+    assert not keep[0, :8].any()
+
+
+def test_snip_momentum_is_a_decayed_sum_of_weight_times_grad():
+    weight, grad = torch.randn(4, 4), torch.randn(4, 4)
+    scores = torch.ones(4, 4)
+    snip_momentum_scores_(scores, weight, grad, momentum=0.9)
+    assert torch.allclose(scores, 0.9 + (weight * grad).abs())
+
+
+def test_group_lasso_grad_is_the_gradient_of_the_block_norm_penalty():
+    weight = torch.randn(8, 6, requires_grad=True)
+    penalty = 0.1 * weight.reshape(2, 4, 6, 1).square().sum(dim=(1, 3)).sqrt().sum()
+    (expected,) = torch.autograd.grad(penalty, weight)
+    grad = torch.zeros(8, 6)
+    group_lasso_grad_(grad, weight, rows=4, cols=1, alpha=0.1)
+    assert torch.allclose(grad, expected, atol=1e-6)
