@@ -15,6 +15,7 @@ from lightning_sparsity.layers import select_weights
 from lightning_sparsity.pruner import Pruner
 from lightning_sparsity.report import LayerSparsity, SparsityReport
 from lightning_sparsity.sparsifier import Sparsifier
+from lightning_sparsity.structure import structured_groups
 
 _STATE_FORMAT = 1
 
@@ -79,6 +80,10 @@ class PruningCallback(Callback):
         sparsifiers = []
         for index, pruner in enumerate(self.pruners):
             weights = select_weights(pl_module, pruner.names, pruner.excluded_names)
+            groups = []
+            if pruner.parsed_pattern.is_structured:  # whole heads / FFN neurons, bound across their weights
+                groups = structured_groups(pl_module, pruner.pattern, weights, explicit=bool(pruner.names))
+                weights = {name: weights[name] for group in groups for name in group.names}
             if not weights:
                 raise ValueError(
                     f"pruners[{index}] selects no weight once excluded_names are removed; loosen its names"
@@ -90,7 +95,7 @@ class PruningCallback(Callback):
                         "may have one pruner; narrow names or add excluded_names"
                     )
                 owners[name] = index
-            sparsifiers.append(Sparsifier(pruner, weights))
+            sparsifiers.append(Sparsifier(pruner, weights, groups))
         return sparsifiers
 
     def _warn_if_ramp_outlasts(self, trainer: pl.Trainer) -> None:

@@ -38,7 +38,9 @@ class Pruner:
         update_frequency: epochs between mask updates, or optimizer steps when ``step_range`` is set.
         step_range: inclusive ``[first, last]`` optimizer steps of the ramp; replaces ``epoch_range``.
         method: ``per_tensor`` or ``per_channel`` (every output row reaches the ratio).
-        pattern: ``"1x1"``, ``"NxM"`` blocks (N output rows by M input columns) or ``"N:M"``.
+        pattern: ``"1x1"``, ``"NxM"`` blocks (N output rows by M input columns), ``"N:M"``, or the structured
+            ``"head"`` (whole attention heads) and ``"channel"`` (whole FFN neurons) of BERT-family models,
+            where the target is the fraction of heads or neurons pruned and empty ``names`` select them all.
         schedule: ``linear``, ``exp``, ``cos`` or ``cubic`` growth over the ramp.
         scope: ``local`` (each tensor reaches the ratio) or ``global`` (one threshold for all).
         names: regular expressions full-matched against parameter names or their dotted suffixes;
@@ -84,7 +86,11 @@ class Pruner:
             )
         if self.scope == "global" and self.method == "per_channel":
             raise ValueError('Pruner.method="per_channel" needs scope="local": a global threshold spans tensors')
-        if self.prune_type == "GroupLasso" and parsed.is_n_of_m:
+        if parsed.is_structured and self.method == "per_channel":
+            raise ValueError(
+                f'Pruner.method="per_channel" does not suit pattern={self.pattern!r}: use method="per_tensor"'
+            )
+        if self.prune_type == "GroupLasso" and (parsed.is_n_of_m or parsed.is_structured):
             raise ValueError(
                 f'Pruner.pattern={self.pattern!r} does not suit prune_type="GroupLasso": use a block pattern "NxM"'
             )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any, Optional
 
 import torch
@@ -16,18 +17,23 @@ from lightning_sparsity.functional.criteria import (
 from lightning_sparsity.functional.patterns import pattern_masks
 from lightning_sparsity.functional.schedules import last_update_point, ramp_progress, scheduled_sparsity
 from lightning_sparsity.pruner import Pruner
+from lightning_sparsity.structure import StructuredGroup, structured_masks
 
 
 class Sparsifier:
     """Keeps boolean masks (True = kept) for a pruner's weights and applies them in place.
 
     The schedule is counted in optimizer steps when the pruner has a ``step_range``, else in epochs.
-    Masks only grow sparser: a pruned weight stays pruned.
+    Masks only grow sparser: a pruned weight stays pruned. With ``groups`` (``head``/``channel`` patterns),
+    whole units of the groups are scored and pruned together across their weights.
     """
 
-    def __init__(self, pruner: Pruner, weights: dict[str, nn.Parameter]) -> None:
+    def __init__(
+        self, pruner: Pruner, weights: dict[str, nn.Parameter], groups: Sequence[StructuredGroup] = ()
+    ) -> None:
         self.pruner = pruner
         self.weights = weights
+        self.groups = list(groups)
         self.pattern = pruner.parsed_pattern
         self.settings = pruner.algorithm_settings
         self.masks: dict[str, Tensor] = {}
@@ -86,8 +92,12 @@ class Sparsifier:
                     "learning rate, enable gradient clipping (Trainer(gradient_clip_val=...)) or use fp32"
                 )
         scores = [self._scores_for(name, weight) for name, weight in self.weights.items()]
-        keeps = pattern_masks(scores, sparsity, self.pattern, self.pruner.method, self.pruner.scope)
-        self.masks = dict(zip(self.weights, keeps))
+        if self.groups:
+            named_scores = dict(zip(self.weights, scores, strict=True))
+            self.masks = structured_masks(self.groups, named_scores, sparsity, self.pruner.scope)
+        else:
+            keeps = pattern_masks(scores, sparsity, self.pattern, self.pruner.method, self.pruner.scope)
+            self.masks = dict(zip(self.weights, keeps))
         self.current_target = sparsity
         self.apply_masks()
 

@@ -7,7 +7,9 @@ folded into the input dimension). Patterns:
 - ``"NxM"``: blocks of N rows (output features) by M columns (input features), scored by the sum of
   their elements' scores, e.g. ``"4x1"``;
 - ``"N:M"``: N zeros in every M consecutive weights along the input dimension, e.g. ``"2:4"``; a
-  target below N/M prunes the lowest-scored of each group's N candidates.
+  target below N/M prunes the lowest-scored of each group's N candidates;
+- ``"head"`` / ``"channel"``: whole attention heads / FFN neurons across several weights, see
+  :mod:`lightning_sparsity.structure` (the masks are made there, from the model's structure).
 """
 
 from __future__ import annotations
@@ -26,7 +28,8 @@ Method = Literal["per_tensor", "per_channel"]
 Scope = Literal["local", "global"]
 METHODS: tuple[str, ...] = get_args(Method)
 SCOPES: tuple[str, ...] = get_args(Scope)
-PATTERN_FORMS = ('"1x1"', '"NxM" blocks such as "4x1"', '"N:M" such as "2:4"')
+STRUCTURED_PATTERNS = ("head", "channel")
+PATTERN_FORMS = ('"1x1"', '"NxM" blocks such as "4x1"', '"N:M" such as "2:4"', '"head"', '"channel"')
 
 _BLOCK = re.compile(r"(\d+)x(\d+)")
 _N_OF_M = re.compile(r"(\d+):(\d+)")
@@ -34,12 +37,18 @@ _N_OF_M = re.compile(r"(\d+):(\d+)")
 
 @dataclass(frozen=True)
 class Pattern:
-    """A parsed pattern: ``rows x cols`` blocks, or ``n`` zeros in every ``m`` weights when ``m > 0``."""
+    """A parsed pattern: ``rows x cols`` blocks, ``n`` zeros in every ``m`` weights when ``m > 0``, or a
+    model ``structure`` (``"head"``, ``"channel"``) when set."""
 
     rows: int = 1
     cols: int = 1
     n: int = 0
     m: int = 0
+    structure: str = ""
+
+    @property
+    def is_structured(self) -> bool:
+        return bool(self.structure)
 
     @property
     def is_n_of_m(self) -> bool:
@@ -53,13 +62,17 @@ class Pattern:
     def divides(self, shape: torch.Size) -> bool:
         """Whether a weight of ``shape`` splits into whole blocks or groups."""
         out_features, in_features = shape[0], _in_features(shape)
+        if self.is_structured:
+            return True  # checked against the model's structure when the pruner is bound
         if self.is_n_of_m:
             return in_features % self.m == 0
         return out_features % self.rows == 0 and in_features % self.cols == 0
 
 
 def parse_pattern(pattern: str) -> Pattern:
-    """Parses ``"1x1"``, ``"NxM"`` or ``"N:M"``; anything else is a ValueError naming the forms."""
+    """Parses ``"1x1"``, ``"NxM"``, ``"N:M"``, ``"head"`` or ``"channel"``; anything else is a ValueError."""
+    if pattern in STRUCTURED_PATTERNS:
+        return Pattern(structure=pattern)
     if isinstance(pattern, str):
         if block := _BLOCK.fullmatch(pattern):
             rows, cols = int(block[1]), int(block[2])
