@@ -7,10 +7,12 @@ from typing import Any, Optional
 
 import lightning.pytorch as pl
 from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.strategies import DeepSpeedStrategy, FSDPStrategy, ModelParallelStrategy
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from torch.optim import Optimizer
 from typing_extensions import override
 
+from lightning_sparsity.config import PruningConfig
 from lightning_sparsity.layers import select_weights
 from lightning_sparsity.pruner import Pruner
 from lightning_sparsity.report import LayerSparsity, SparsityReport
@@ -18,6 +20,8 @@ from lightning_sparsity.sparsifier import Sparsifier
 from lightning_sparsity.structure import structured_groups
 
 _STATE_FORMAT = 1
+#: Strategies that shard or re-create the weights, so masks bound at ``setup`` would miss them.
+_SHARDING_STRATEGIES = (FSDPStrategy, DeepSpeedStrategy, ModelParallelStrategy)
 
 
 class PruningCallback(Callback):
@@ -36,9 +40,19 @@ class PruningCallback(Callback):
     Args:
         pruners: the pruning rules, each on its own weights. ``None`` means one default ``Pruner()``.
         state_key_suffix: distinguishes the checkpoint state of several PruningCallbacks in one Trainer.
+        config: a classic :class:`PruningConfig` whose pruners to use, instead of ``pruners``.
     """
 
-    def __init__(self, pruners: Optional[list[Pruner]] = None, state_key_suffix: str = "") -> None:
+    def __init__(
+        self,
+        pruners: Optional[list[Pruner]] = None,
+        state_key_suffix: str = "",
+        config: Optional[PruningConfig] = None,
+    ) -> None:
+        if config is not None:
+            if pruners is not None:
+                raise ValueError("PruningCallback got both pruners and config: give one of them")
+            pruners = config.pruners
         pruners = [Pruner()] if pruners is None else list(pruners)
         for index, pruner in enumerate(pruners):
             if not isinstance(pruner, Pruner):
@@ -63,6 +77,11 @@ class PruningCallback(Callback):
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         if stage != "fit":
             return
+        if isinstance(trainer.strategy, _SHARDING_STRATEGIES):
+            raise ValueError(
+                f"PruningCallback does not support strategy {type(trainer.strategy).__name__}: it shards the weights "
+                'the masks are bound to; use a single device or strategy="ddp" / "ddp_spawn" / "ddp_fork"'
+            )
         if self.sparsifiers and all(
             s.weights[name] is pl_module.get_parameter(name) for s in self.sparsifiers for name in s.weights
         ):
