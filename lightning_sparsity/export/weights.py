@@ -31,9 +31,10 @@ def semi_structured_unavailable() -> str:
     """Why 2:4 semi-structured sparse kernels cannot run here, or ``""`` when they can."""
     if not torch.cuda.is_available():
         return "2:4 semi-structured sparsity needs a CUDA GPU; none is available (on CPU keep the dense weights)"
-    if torch.cuda.get_device_capability() < SEMI_STRUCTURED_CAPABILITY:
-        return f"2:4 semi-structured sparsity needs an NVIDIA GPU of compute capability >= 8.0, this one is " + (
-            f"{torch.cuda.get_device_capability()}"
+    capability = torch.cuda.get_device_capability()
+    if capability < SEMI_STRUCTURED_CAPABILITY:
+        return (
+            f"2:4 semi-structured sparsity needs an NVIDIA GPU of compute capability >= 8.0, this one has {capability}"
         )
     return ""
 
