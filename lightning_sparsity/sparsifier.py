@@ -103,9 +103,13 @@ class Sparsifier:
 
     @torch.no_grad()
     def apply_masks(self) -> None:
-        """Zeroes the pruned weights in place (after every optimizer step)."""
+        """Zeroes the pruned weights in place (after every optimizer step).
+
+        ``masked_fill_`` writes +0.0 (``mul_`` would leave -0.0 for negative weights, which compressed
+        checkpoints must then store as values to stay bit-exact).
+        """
         for name, mask in self.masks.items():
-            self.weights[name].mul_(mask)
+            self.weights[name].masked_fill_(~mask, 0.0)
 
     @torch.no_grad()
     def before_optimizer_step(self) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 from helpers import tiny_bert_config
+from safetensors import safe_open
 from safetensors.torch import save_file
 from torch import nn
 from torch.nn.utils import prune
@@ -19,6 +20,7 @@ from transformers import (
     RobertaForSequenceClassification,
 )
 
+from lightning_sparsity import Pruner
 from lightning_sparsity.export import (
     is_two_four_sparse,
     load_slimmed,
@@ -33,6 +35,7 @@ from lightning_sparsity.export import (
     to_semi_structured,
 )
 from lightning_sparsity.export.sparse_io import pack_bits, unpack_bits
+from lightning_sparsity.sparsifier import Sparsifier
 from lightning_sparsity.structure import transformer_layers
 
 # (heads, neurons) to kill per layer: layer 1 loses every head, so slim() must keep one.
@@ -184,6 +187,19 @@ def test_loaders_reject_other_files(tmp_path):
         save_sparse({"step": 3}, tmp_path / "bad.safetensors")
 
 
+def test_engine_pruned_weights_store_a_bitmask_and_their_kept_values(tmp_path):
+    torch.manual_seed(0)
+    weights = {"w": nn.Parameter(torch.randn(64, 64))}
+    Sparsifier(Pruner(target_sparsity_ratio=0.9), weights).update_masks(0.9)
+    weight = weights["w"].detach()
+    assert not torch.signbit(weight[weight == 0]).any(), "pruned weights must be +0.0"
+    save_sparse({"w": weight}, tmp_path / "w.safetensors")
+    with safe_open(str(tmp_path / "w.safetensors"), framework="pt") as file:
+        stored = {key: file.get_tensor(key).nbytes for key in file.keys()}
+    assert stored == {"sparse_mask/w": 4096 // 8, "sparse_values/w": (4096 - round(0.9 * 4096)) * 4}
+    assert torch.equal(load_sparse(tmp_path / "w.safetensors")["w"], weight)
+
+
 def test_make_permanent_folds_torch_prune_masks():
     layer = nn.Linear(8, 4)
     prune.l1_unstructured(layer, "weight", amount=0.5)
@@ -191,7 +207,8 @@ def test_make_permanent_folds_torch_prune_masks():
     make_permanent(nn.Sequential(layer))
     assert not hasattr(layer, "weight_orig") and not prune.is_pruned(layer)
     assert isinstance(layer.weight, nn.Parameter) and torch.equal(layer.weight, expected)
-    assert int((layer.weight == 0).sum()) == 16
+    zeros = layer.weight[layer.weight == 0]
+    assert zeros.numel() == 16 and not torch.signbit(zeros).any()
 
 
 def test_two_four_sparsity_is_recognised():

@@ -19,11 +19,13 @@ SEMI_STRUCTURED_CAPABILITY = (8, 0)
 
 
 def make_permanent(model: nn.Module) -> nn.Module:
-    """Folds ``torch.nn.utils.prune`` masks into plain parameters (pruned entries stay zero), in place."""
+    """Folds ``torch.nn.utils.prune`` masks into plain parameters, in place; pruned entries become +0.0."""
     for module in model.modules():
         for hook in list(module._forward_pre_hooks.values()):
             if isinstance(hook, prune.BasePruningMethod):
+                pruned = getattr(module, f"{hook._tensor_name}_mask") == 0
                 prune.remove(module, hook._tensor_name)
+                getattr(module, hook._tensor_name).data.masked_fill_(pruned, 0.0)
     return model
 
 

@@ -1,0 +1,152 @@
+"""What export buys: compressed checkpoint size, and CPU inference speed of a slimmed model.
+
+1. Checkpoint: a MiniLM-sized BertModel (random init) with every encoder Linear weight magnitude-pruned to
+   90%, written by ``save_sparse``; the encoder Linear weights' stored bytes (bitmask + values) are
+   compared with their dense bytes, and the file is loaded back and compared bit for bit.
+2. Inference: the same-sized BertModel with half the heads and 75% of the FFN neurons of every layer pruned
+   (``head``/``channel`` masks from magnitudes), timed dense and after ``slim()``, batch 32 x 128 tokens,
+   ``torch.inference_mode``; the two run interleaved, round after round; the ratio is of the medians.
+
+    python -m benchmarks.bench_export [--rounds 7] [--batch 32] [--seq 128]
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+from pathlib import Path
+
+import torch
+from safetensors import safe_open
+from transformers import BertModel
+
+from benchmarks.common import bert_config, interleaved, median, save, table, timed
+from lightning_sparsity.export import load_sparse, save_sparse, slim
+from lightning_sparsity.export.sparse_io import MASK_PREFIX, VALUES_PREFIX
+from lightning_sparsity.functional import magnitude_scores, pattern_masks
+from lightning_sparsity.functional.patterns import Pattern
+from lightning_sparsity.layers import prunable_weights
+from lightning_sparsity.structure import structured_masks, transformer_layers
+
+SPARSITY = 0.9
+HEADS_PRUNED, NEURONS_PRUNED = 0.5, 0.75
+
+
+def encoder_linear_weights(model: torch.nn.Module) -> dict[str, torch.nn.Parameter]:
+    return {name: weight for name, weight in prunable_weights(model).items() if name.startswith("encoder.")}
+
+
+@torch.no_grad()
+def checkpoint_figures() -> dict[str, float]:
+    torch.manual_seed(0)
+    model = BertModel(bert_config("minilm"))
+    weights = encoder_linear_weights(model)
+    masks = pattern_masks([magnitude_scores(w) for w in weights.values()], SPARSITY, Pattern())
+    for weight, mask in zip(weights.values(), masks, strict=True):
+        weight.masked_fill_(~mask, 0.0)  # as PruningCallback does: +0.0
+    with tempfile.TemporaryDirectory() as folder:
+        path = Path(folder) / "model.safetensors"
+        save_sparse(model, path)
+        with safe_open(str(path), framework="pt") as file:
+            stored = sum(
+                file.get_tensor(prefix + name).nbytes for name in weights for prefix in (MASK_PREFIX, VALUES_PREFIX)
+            )
+        loaded = load_sparse(path)
+        file_bytes = path.stat().st_size
+    state = model.state_dict()
+    exact = (
+        set(loaded) == set(state)
+        and all(
+            torch.equal(loaded[name].view(torch.int32), tensor.view(torch.int32))
+            for name, tensor in state.items()
+            if tensor.dtype == torch.float32
+        )
+        and all(torch.equal(loaded[name], tensor) for name, tensor in state.items())
+    )
+    dense = sum(w.nbytes for w in weights.values())
+    return {
+        "encoder_linear_dense_bytes": dense,
+        "encoder_linear_stored_bytes": stored,
+        "encoder_linear_fraction": stored / dense,
+        "file_bytes": file_bytes,
+        "dense_model_bytes": sum(t.nbytes for t in state.values()),
+        "bit_exact": exact,
+    }
+
+
+@torch.no_grad()
+def structured_model() -> BertModel:
+    """A MiniLM-sized BertModel whose heads and FFN neurons are pruned by magnitude, as the patterns do."""
+    torch.manual_seed(0)
+    model = BertModel(bert_config("minilm")).eval()
+    weights = dict(model.named_parameters())
+    for structure, sparsity in (("head", HEADS_PRUNED), ("channel", NEURONS_PRUNED)):
+        groups = [layer.group(model, structure) for layer in transformer_layers(model)]
+        scores = {name: magnitude_scores(weights[name]) for group in groups for name in group.names}
+        for name, mask in structured_masks(groups, scores, sparsity).items():
+            weights[name].masked_fill_(~mask, 0.0)
+    return model
+
+
+def inference_figures(rounds: int, batch: int, seq: int) -> dict[str, object]:
+    dense = structured_model()
+    slimmed = slim(dense)
+    input_ids = torch.randint(0, dense.config.vocab_size, (batch, seq), generator=torch.Generator().manual_seed(0))
+
+    def run(model: BertModel) -> torch.Tensor:
+        with torch.inference_mode():
+            return model(input_ids=input_ids).last_hidden_state
+
+    expected, actual = run(dense), run(slimmed)  # also the warm-up
+    figures = interleaved(
+        {"dense": lambda: timed(lambda: run(dense)), "slim": lambda: timed(lambda: run(slimmed))}, rounds
+    )
+    return {
+        "dense_s": median(figures["dense"]),
+        "slim_s": median(figures["slim"]),
+        "speedup": median(figures["dense"]) / median(figures["slim"]),
+        "max_abs_difference": float((expected - actual).abs().max()),
+        "outputs_close": bool(torch.allclose(expected, actual, rtol=1e-4, atol=1e-5)),
+        "dense_parameters": sum(p.numel() for p in dense.parameters()),
+        "slim_parameters": sum(p.numel() for p in slimmed.parameters()),
+        "slimmed_layers": slimmed.config.slimmed_layers,
+        "raw": figures,
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rounds", type=int, default=7, help="interleaved timing rounds (medians over them)")
+    parser.add_argument("--batch", type=int, default=32)
+    parser.add_argument("--seq", type=int, default=128)
+    args = parser.parse_args()
+
+    checkpoint = checkpoint_figures()
+    inference = inference_figures(args.rounds, args.batch, args.seq)
+    print(
+        table(
+            ["figure", "measured", "goal"],
+            [
+                [
+                    "encoder Linear weights stored / dense bytes, 90% sparse",
+                    checkpoint["encoder_linear_fraction"],
+                    "<= 0.15",
+                ],
+                ["checkpoint loads bit-exact", checkpoint["bit_exact"], "True"],
+                [f"dense inference, batch {args.batch} x {args.seq} (s)", inference["dense_s"], ""],
+                ["slimmed inference (s)", inference["slim_s"], ""],
+                ["speed-up of slim()", inference["speedup"], ">= 1.5"],
+                ["max |dense - slim| of outputs", inference["max_abs_difference"], "float tolerance"],
+            ],
+        )
+    )
+    setup = (
+        f"MiniLM-sized BertModel (hidden 384, 6 layers, 12 heads, FFN 1536), random init; checkpoint at {SPARSITY:.0%} "
+        f"sparsity; inference with {HEADS_PRUNED:.0%} of heads and {NEURONS_PRUNED:.0%} of FFN neurons removed, "
+        f"batch {args.batch} x {args.seq} tokens"
+    )
+    save("export", {"setup": setup, "rounds": args.rounds, "checkpoint": checkpoint, "inference": inference})
+
+
+if __name__ == "__main__":
+    main()
