@@ -1,0 +1,86 @@
+"""Masks and targets hold under mixed and low precision, and under ``torch.compile``."""
+
+from __future__ import annotations
+
+import os
+import shutil
+
+import pytest
+import torch
+from helpers import TinyBert, make_trainer, toy_loader
+
+from lightning_sparsity import Pruner, PruningCallback
+
+#: Three prune types on disjoint weights: stateful scores, a block penalty and plain magnitude.
+PRUNERS = [
+    Pruner(
+        prune_type="SnipMomentum",
+        target_sparsity_ratio=0.7,
+        step_range=[1, 10],
+        update_frequency=3,
+        names=[r"attention\.self\.(query|key|value)\.weight"],
+    ),
+    Pruner(
+        prune_type="GroupLasso",
+        target_sparsity_ratio=0.5,
+        pattern="4x1",
+        epoch_range=[0, 1],
+        names=[r"intermediate\.dense\.weight", r"layer\.\d+\.output\.dense\.weight"],
+        parameters={"alpha": 0.01},
+    ),
+    Pruner(target_sparsity_ratio=0.6, epoch_range=[0, 1], names=[r"attention\.output\.dense\.weight"]),
+]
+
+
+def assert_masks_hold(pruning: PruningCallback, dtype: torch.dtype) -> None:
+    """Every pruned tensor reaches its final target exactly, and its pruned entries are exactly zero."""
+    for sparsifier in pruning.sparsifiers:
+        pattern = sparsifier.pattern
+        block = pattern.rows * pattern.cols
+        assert sparsifier.current_target == sparsifier.pruner.target_sparsity_ratio
+        for name, mask in sparsifier.masks.items():
+            weight = sparsifier.weights[name]
+            assert weight.dtype == dtype
+            assert mask.dtype == torch.bool and mask.shape == weight.shape
+            assert int((~mask).sum()) == round(sparsifier.current_target * mask.numel() / block) * block, name
+            assert not weight[~mask].any(), f"pruned entries of {name} are non-zero"
+
+
+def fit_with_precision(precision: str, accelerator: str = "cpu") -> tuple[TinyBert, PruningCallback]:
+    module = TinyBert(lr=1e-2)
+    pruning = PruningCallback(PRUNERS)
+    trainer = make_trainer(max_epochs=2, precision=precision, accelerator=accelerator, callbacks=[pruning])
+    trainer.fit(module, toy_loader())
+    return module, pruning
+
+
+@pytest.mark.parametrize(("precision", "dtype"), [("bf16-mixed", torch.float32), ("bf16-true", torch.bfloat16)])
+def test_masks_and_targets_hold_under_precision(precision: str, dtype: torch.dtype) -> None:
+    _, pruning = fit_with_precision(precision)
+    assert_masks_hold(pruning, dtype)
+
+
+@pytest.mark.skipif(
+    not torch.cuda.is_available(),
+    reason="fp16 AMP needs CUDA: on CPU Lightning replaces 16-mixed by bf16-mixed, which the test above covers",
+)
+def test_masks_and_targets_hold_under_fp16_mixed_precision() -> None:
+    module, pruning = fit_with_precision("16-mixed", accelerator="cuda")
+    assert module.device.type == "cuda"
+    assert_masks_hold(pruning, torch.float32)
+
+
+@pytest.mark.skipif(
+    shutil.which(os.environ.get("CXX", "g++")) is None, reason="torch.compile's inductor needs a C++ compiler"
+)
+def test_masks_hold_in_a_compiled_module() -> None:
+    """The compiled graph reads the weights the callback masks in place, so its output matches eager mode."""
+    module = TinyBert(lr=1e-2, num_hidden_layers=1, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
+    compiled = torch.compile(module)
+    pruning = PruningCallback([Pruner(target_sparsity_ratio=0.7, step_range=[1, 4], update_frequency=3)])
+    make_trainer(max_steps=6, callbacks=[pruning]).fit(compiled, toy_loader())
+
+    assert_masks_hold(pruning, torch.float32)
+    module.train()  # train mode with gradients: the graph compiled during fit runs, not a new one
+    input_ids = toy_loader().dataset.tensors[0][:8]
+    torch.testing.assert_close(compiled(input_ids), module(input_ids))
