@@ -41,12 +41,15 @@ class Pruner:
         pattern: ``"1x1"``, ``"NxM"`` blocks (N output rows by M input columns), ``"N:M"``, or the structured
             ``"head"`` (whole attention heads) and ``"channel"`` (whole FFN neurons) of BERT-family models,
             where the target is the fraction of heads or neurons pruned and empty ``names`` select them all.
-        schedule: ``linear``, ``exp``, ``cos`` or ``cubic`` growth over the ramp.
+        schedule: ``linear``, ``exp``, ``cos``, ``cubic`` (fast start) or ``cube`` (slow start) growth over the ramp.
         scope: ``local`` (each tensor reaches the ratio) or ``global`` (one threshold for all).
         names: regular expressions full-matched against parameter names or their dotted suffixes;
             empty selects every Linear and Conv weight but the model's last one (its output head).
         excluded_names: expressions of the same form removed from the selection.
         parameters: algorithm settings, e.g. ``{"alpha": 1e-4}`` for GroupLasso.
+        min_sparsity_ratio_per_layer: no weight is pruned less than this (or than the current scheduled
+            ratio, if lower) when ``scope="global"`` spreads the ratio unevenly; INC's ``min_sparsity_ratio_per_op``.
+        max_sparsity_ratio_per_layer: no weight is pruned more than this, in either scope; at least the target.
     """
 
     prune_type: PruneType = "BasicMagnitude"
@@ -62,6 +65,8 @@ class Pruner:
     names: list[str] = field(default_factory=list)
     excluded_names: list[str] = field(default_factory=list)
     parameters: Optional[dict[str, float]] = None
+    min_sparsity_ratio_per_layer: float = 0.0
+    max_sparsity_ratio_per_layer: float = 1.0
 
     def __post_init__(self) -> None:
         _check_choice("prune_type", self.prune_type, PRUNE_TYPES)
@@ -94,6 +99,7 @@ class Pruner:
             raise ValueError(
                 f'Pruner.pattern={self.pattern!r} does not suit prune_type="GroupLasso": use a block pattern "NxM"'
             )
+        self._check_layer_bounds(target, parsed)
         self.epoch_range = _check_range("epoch_range", self.epoch_range)
         if self.step_range is not None:
             self.step_range = _check_range("step_range", self.step_range)
@@ -111,6 +117,22 @@ class Pruner:
     def algorithm_settings(self) -> dict[str, float]:
         """``parameters`` merged over the prune type's defaults."""
         return {**ALGORITHM_DEFAULTS[self.prune_type], **(self.parameters or {})}
+
+    def _check_layer_bounds(self, target: float, parsed: Pattern) -> None:
+        low, high = self.min_sparsity_ratio_per_layer, self.max_sparsity_ratio_per_layer
+        for name, value in (("min_sparsity_ratio_per_layer", low), ("max_sparsity_ratio_per_layer", high)):
+            if not _is_number(value) or not 0.0 <= value <= 1.0:
+                raise ValueError(f"Pruner.{name} must be a number in [0, 1], got {value!r}")
+        if not low <= target <= high:
+            raise ValueError(
+                f"Pruner.target_sparsity_ratio={target} must lie within [min_sparsity_ratio_per_layer={low}, "
+                f"max_sparsity_ratio_per_layer={high}]: no layer may stay below the minimum or pass the maximum"
+            )
+        if parsed.is_structured and (low, high) != (0.0, 1.0):
+            raise ValueError(
+                f"Pruner.min/max_sparsity_ratio_per_layer do not apply to pattern={self.pattern!r}: "
+                "leave them at 0 and 1"
+            )
 
     def _check_parameters(self) -> Optional[dict[str, float]]:
         if self.parameters is None:

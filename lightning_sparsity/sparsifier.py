@@ -96,7 +96,8 @@ class Sparsifier:
             named_scores = dict(zip(self.weights, scores, strict=True))
             self.masks = structured_masks(self.groups, named_scores, sparsity, self.pruner.scope)
         else:
-            keeps = pattern_masks(scores, sparsity, self.pattern, self.pruner.method, self.pruner.scope)
+            bounds = (self.pruner.min_sparsity_ratio_per_layer, self.pruner.max_sparsity_ratio_per_layer)
+            keeps = pattern_masks(scores, sparsity, self.pattern, self.pruner.method, self.pruner.scope, bounds)
             self.masks = dict(zip(self.weights, keeps))
         self.current_target = sparsity
         self.apply_masks()
@@ -121,7 +122,8 @@ class Sparsifier:
             if weight.grad is None:
                 continue
             if prune_type == "GroupLasso":
-                group_lasso_grad_(weight.grad, weight, self.pattern.rows, self.pattern.cols, self.settings["alpha"])
+                rows, cols = self.pattern.block_shape(weight.shape)
+                group_lasso_grad_(weight.grad, weight, rows, cols, self.settings["alpha"])
                 continue
             scores = self.scores.get(name)
             if scores is None:

@@ -5,7 +5,8 @@ folded into the input dimension). Patterns:
 
 - ``"1x1"``: unstructured, every weight on its own;
 - ``"NxM"``: blocks of N rows (output features) by M columns (input features), scored by the sum of
-  their elements' scores, e.g. ``"4x1"``;
+  their elements' scores, e.g. ``"4x1"``; ``channel`` for a side spans the whole dimension, so
+  ``"1xchannel"`` prunes whole output rows and ``"channelx1"`` whole input columns (INC's forms);
 - ``"N:M"``: N zeros in every M consecutive weights along the input dimension, e.g. ``"2:4"``; a
   target below N/M prunes the lowest-scored of each group's N candidates;
 - ``"head"`` / ``"channel"``: whole attention heads / FFN neurons across several weights, see
@@ -14,6 +15,7 @@ folded into the input dimension). Patterns:
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -29,16 +31,22 @@ Scope = Literal["local", "global"]
 METHODS: tuple[str, ...] = get_args(Method)
 SCOPES: tuple[str, ...] = get_args(Scope)
 STRUCTURED_PATTERNS = ("head", "channel")
-PATTERN_FORMS = ('"1x1"', '"NxM" blocks such as "4x1"', '"N:M" such as "2:4"', '"head"', '"channel"')
+PATTERN_FORMS = (
+    '"1x1"',
+    '"NxM" blocks such as "4x1" (a side may be "channel", as in "1xchannel")',
+    '"N:M" such as "2:4"',
+    '"head"',
+    '"channel"',
+)
 
-_BLOCK = re.compile(r"(\d+)x(\d+)")
+_BLOCK = re.compile(r"(\d+|channel)x(\d+|channel)")
 _N_OF_M = re.compile(r"(\d+):(\d+)")
 
 
 @dataclass(frozen=True)
 class Pattern:
     """A parsed pattern: ``rows x cols`` blocks, ``n`` zeros in every ``m`` weights when ``m > 0``, or a
-    model ``structure`` (``"head"``, ``"channel"``) when set."""
+    model ``structure`` (``"head"``, ``"channel"``) when set. A block side of 0 spans the whole dimension."""
 
     rows: int = 1
     cols: int = 1
@@ -59,6 +67,10 @@ class Pattern:
         """The largest sparsity the pattern can express (N/M for N:M, otherwise all zeros)."""
         return self.n / self.m if self.is_n_of_m else 1.0
 
+    def block_shape(self, shape: torch.Size) -> tuple[int, int]:
+        """The ``rows x cols`` block for a weight of ``shape``, whole-dimension (0) sides resolved."""
+        return self.rows or shape[0], self.cols or _in_features(shape)
+
     def divides(self, shape: torch.Size) -> bool:
         """Whether a weight of ``shape`` splits into whole blocks or groups."""
         out_features, in_features = shape[0], _in_features(shape)
@@ -66,7 +78,8 @@ class Pattern:
             return True  # checked against the model's structure when the pruner is bound
         if self.is_n_of_m:
             return in_features % self.m == 0
-        return out_features % self.rows == 0 and in_features % self.cols == 0
+        rows, cols = self.block_shape(shape)
+        return out_features % rows == 0 and in_features % cols == 0
 
 
 def parse_pattern(pattern: str) -> Pattern:
@@ -75,8 +88,8 @@ def parse_pattern(pattern: str) -> Pattern:
         return Pattern(structure=pattern)
     if isinstance(pattern, str):
         if block := _BLOCK.fullmatch(pattern):
-            rows, cols = int(block[1]), int(block[2])
-            if rows >= 1 and cols >= 1:
+            rows, cols = (_block_side(side) for side in block.groups())
+            if rows is not None and cols is not None and rows + cols > 0:
                 return Pattern(rows=rows, cols=cols)
         elif n_of_m := _N_OF_M.fullmatch(pattern):
             n, m = int(n_of_m[1]), int(n_of_m[2])
@@ -86,6 +99,13 @@ def parse_pattern(pattern: str) -> Pattern:
         f"pattern={pattern!r} is not valid: use one of {', '.join(PATTERN_FORMS)} "
         "(block sides >= 1; for N:M, 1 <= N < M)"
     )
+
+
+def _block_side(side: str) -> int | None:
+    """A block side: 0 for ``channel`` (the whole dimension), the number if >= 1, else None."""
+    if side == "channel":
+        return 0
+    return int(side) if int(side) >= 1 else None
 
 
 def as_matrix(weight: Tensor) -> Tensor:
@@ -117,7 +137,7 @@ def group_scores(scores: Tensor, pattern: Pattern) -> Tensor:
     """
     matrix = as_matrix(scores)
     if not pattern.is_n_of_m:
-        return block_reduce(matrix, pattern.rows, pattern.cols)
+        return block_reduce(matrix, *pattern.block_shape(scores.shape))
     groups = matrix.reshape(matrix.shape[0], -1, pattern.m)
     lowest = groups.topk(pattern.n, dim=-1, largest=False).indices
     candidates = torch.zeros_like(groups, dtype=torch.bool).scatter_(-1, lowest, True)
@@ -130,6 +150,7 @@ def pattern_masks(
     pattern: Pattern,
     method: Method = "per_tensor",
     scope: Scope = "local",
+    layer_bounds: tuple[float, float] = (0.0, 1.0),
 ) -> list[Tensor]:
     """Boolean keep-masks (False = pruned), shaped like ``scores``, that prune a ``sparsity`` fraction.
 
@@ -137,18 +158,43 @@ def pattern_masks(
     - ``per_channel``: each output row (row of blocks) loses that fraction of its own units;
     - ``global``: one threshold across all tensors, ``round(sparsity * all units)`` in total.
 
-    Scores of ``-inf`` mark weights that must stay pruned; lower scores are pruned first.
+    ``layer_bounds = (low, high)`` keeps each tensor's sparsity within ``[min(low, sparsity), high]``
+    (INC's ``min/max_sparsity_ratio_per_op``): local scope caps the ratio at ``high``; global scope picks
+    the lowest scores under those per-tensor limits. Scores of ``-inf`` mark weights that must stay
+    pruned; lower scores are pruned first.
     """
     if not 0.0 <= sparsity <= pattern.max_sparsity:
         raise ValueError(f"sparsity must be in [0, {pattern.max_sparsity}] for this pattern, got {sparsity}")
     units = [group_scores(s, pattern) for s in scores]
-    if scope == "global":
+    low, high = layer_bounds
+    if scope == "global" and (low > 0.0 or high < 1.0):
+        keeps = _bounded_global_mask(units, sparsity, min(low, sparsity), high)
+    elif scope == "global":
         keeps = smallest_k_mask(units, round(sparsity * sum(u.numel() for u in units)))
     elif method == "per_channel":
-        keeps = [_per_row_mask(u, round(sparsity * u.shape[1])) for u in units]
+        keeps = [_per_row_mask(u, round(min(sparsity, high) * u.shape[1])) for u in units]
     else:
-        keeps = [smallest_k_mask([u], round(sparsity * u.numel()))[0] for u in units]
+        keeps = [smallest_k_mask([u], round(min(sparsity, high) * u.numel()))[0] for u in units]
     return [_unit_to_weight_mask(keep, s.shape, pattern) for keep, s in zip(keeps, scores)]
+
+
+def _bounded_global_mask(units: Sequence[Tensor], sparsity: float, low: float, high: float) -> list[Tensor]:
+    """The globally lowest units, each tensor losing between ``ceil(low * n)`` and ``floor(high * n)``.
+
+    Each tensor's mandatory units score ``-inf`` and those past its cap ``+inf``, so one exact selection
+    takes the best feasible set (the total is clamped to what the limits allow).
+    """
+    limited = []
+    least = most = 0
+    for unit in units:
+        cap = math.floor(high * unit.numel())
+        floor = min(math.ceil(low * unit.numel()), cap)
+        allowed = ~smallest_k_mask([unit], cap)[0]
+        required = ~smallest_k_mask([unit], floor)[0]
+        limited.append(unit.masked_fill(~allowed, float("inf")).masked_fill(required, float("-inf")))
+        least, most = least + floor, most + cap
+    k = round(sparsity * sum(u.numel() for u in units))
+    return smallest_k_mask(limited, min(max(k, least), most))
 
 
 def _per_row_mask(units: Tensor, k: int) -> Tensor:
@@ -160,7 +206,7 @@ def _per_row_mask(units: Tensor, k: int) -> Tensor:
 
 def _unit_to_weight_mask(keep: Tensor, shape: torch.Size, pattern: Pattern) -> Tensor:
     if not pattern.is_n_of_m:
-        keep = expand_blocks(keep, pattern.rows, pattern.cols)
+        keep = expand_blocks(keep, *pattern.block_shape(shape))
     return keep.reshape(shape)
 
 

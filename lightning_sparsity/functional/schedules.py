@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 from typing import Literal, get_args
 
-ScheduleName = Literal["linear", "exp", "cos", "cubic"]
+ScheduleName = Literal["linear", "exp", "cos", "cubic", "cube"]
 SCHEDULES: tuple[str, ...] = get_args(ScheduleName)
 
 
@@ -16,6 +16,7 @@ def scheduled_sparsity(progress: float, initial: float, target: float, schedule:
     - ``exp``: the density (fraction of non-zeros) shrinks geometrically, as INC's ``exp`` decay.
     - ``cos``: slow start, fast finish: ``1 - cos(p * pi / 2)``.
     - ``cubic``: fast start, slow finish (Zhu & Gupta, 2017): ``1 - (1 - p) ** 3``.
+    - ``cube``: slow start, fast finish, as INC's ``cube`` decay: ``p ** 3``.
     """
     if schedule not in SCHEDULES:
         raise ValueError(f"schedule={schedule!r} is not one of {SCHEDULES}")
@@ -29,6 +30,8 @@ def scheduled_sparsity(progress: float, initial: float, target: float, schedule:
         fraction = p
     elif schedule == "cos":
         fraction = 1.0 - math.cos(p * math.pi / 2)
+    elif schedule == "cube":
+        fraction = p**3
     else:
         fraction = 1.0 - (1.0 - p) ** 3
     return initial + (target - initial) * fraction
