@@ -98,9 +98,12 @@ class PruningCallback(Callback):
         owners: dict[str, int] = {}
         sparsifiers = []
         for index, pruner in enumerate(self.pruners):
-            weights = select_weights(pl_module, pruner.names, pruner.excluded_names)
+            structured = pruner.parsed_pattern.is_structured
+            # empty names select every head / FFN neuron, even in the model's last Linear
+            names = pruner.names or ([".*"] if structured else [])
+            weights = select_weights(pl_module, names, pruner.excluded_names)
             groups = []
-            if pruner.parsed_pattern.is_structured:  # whole heads / FFN neurons, bound across their weights
+            if structured:  # whole heads / FFN neurons, bound across their weights
                 groups = structured_groups(pl_module, pruner.pattern, weights, explicit=bool(pruner.names))
                 weights = {name: weights[name] for group in groups for name in group.names}
             if not weights:

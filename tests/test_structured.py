@@ -119,6 +119,33 @@ def test_gradient_scored_heads_reach_the_target_by_steps():
     assert [len(dead_heads(module, layer)) for layer in (0, 1)] == [3, 3]
 
 
+class TinyDistilBert(pl.LightningModule):
+    """A bare DistilBertModel: its last Linear is the last layer's FFN output projection."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.model = DistilBertModel(DistilBertConfig(vocab_size=64, dim=32, n_layers=2, n_heads=4, hidden_dim=64))
+
+    def training_step(self, batch, batch_idx):
+        input_ids, labels = batch
+        logits = self.model(input_ids=input_ids).last_hidden_state[:, 0, :2]
+        return nn.functional.cross_entropy(logits, labels)
+
+    def configure_optimizers(self):
+        return torch.optim.AdamW(self.parameters(), lr=1e-3)
+
+
+def test_default_names_prune_every_layer_of_distilbert_even_the_last_linear():
+    module = TinyDistilBert()
+    callback = PruningCallback(pruners=[Pruner(pattern="channel", target_sparsity_ratio=0.5, epoch_range=[0, 0])])
+    make_trainer(max_epochs=1, callbacks=[callback]).fit(module, toy_loader(size=16))
+    for layer in module.model.transformer.layer:
+        rows = (layer.ffn.lin1.weight == 0).all(dim=1)
+        assert torch.equal(rows, (layer.ffn.lin2.weight == 0).all(dim=0)) and int(rows.sum()) == 32
+    assert slim(module.model).config.slimmed_layers == [{"num_heads": 4, "intermediate_size": 32}] * 2
+
+
 class PlainMLP(pl.LightningModule):
     def __init__(self) -> None:
         super().__init__()
