@@ -1,0 +1,358 @@
+"""``NLPTrainer``: the intel-extension-for-transformers trainer API, running on a Lightning Trainer.
+
+A script written for the old toolkit (``NLPTrainer(model=..., args=TrainingArguments(...), ...)`` then
+``trainer.prune(pruning_config=PruningConfig(...))``) runs with only its import line changed. Lightning users
+may pass a ``LightningModule`` with a ``LightningDataModule`` or dataloaders instead.
+"""
+
+from __future__ import annotations
+
+import inspect
+import math
+import warnings
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Optional, Union
+
+import lightning.pytorch as pl
+import torch
+from lightning.pytorch.callbacks import Callback
+from torch import Tensor, nn
+from torch.utils.data import DataLoader, Dataset
+from transformers import (
+    DataCollatorWithPadding,
+    PreTrainedModel,
+    PreTrainedTokenizerBase,
+    TrainerCallback,
+    TrainingArguments,
+    default_data_collator,
+)
+from transformers.trainer_utils import PredictionOutput, TrainOutput
+from typing_extensions import override
+
+from lightning_sparsity.callback import PruningCallback
+from lightning_sparsity.config import PruningConfig
+from lightning_sparsity.metrics import (
+    BUILTIN_METRICS,
+    ComputeMetrics,
+    MetricComparison,
+    combined_score,
+    compare,
+    evaluation_results,
+)
+from lightning_sparsity.report import SparsityReport
+from lightning_sparsity.text.module import TextClassificationModule
+from lightning_sparsity.training_args import (
+    evaluates_during_training,
+    loader_settings,
+    optimizer_and_scheduler,
+    trainer_settings,
+    unsupported_fields,
+)
+
+_LABEL_COLUMNS = ("label", "labels", "label_ids")
+_BatchOutputs = tuple[float, Tensor, Optional[Tensor]]
+
+
+@dataclass(frozen=True)
+class PruningReport:
+    """What ``NLPTrainer.prune`` left: the metric before and after pruning, and the sparsity reached."""
+
+    metric: Optional[MetricComparison]
+    layers: SparsityReport
+
+    @property
+    def sparsity(self) -> float:
+        return self.layers.sparsity
+
+    def to_dict(self) -> dict[str, Any]:
+        metric = None if self.metric is None else vars(self.metric)
+        return {"metric": metric, "sparsity": self.sparsity, "layers": self.layers.to_dicts()}
+
+    def __str__(self) -> str:
+        lines = [f"overall sparsity: {self.sparsity:.4f}"]
+        if self.metric is not None:
+            m = self.metric
+            lines.append(
+                f"{' + '.join(m.names)}: dense {m.baseline:.4f} -> pruned {m.final:.4f} "
+                f"({m.relative_change:+.2%}), criterion {'met' if m.criterion_met else 'NOT met'}"
+            )
+        return "\n".join([*lines, "", str(self.layers)])
+
+
+class TransformersTrainingModule(TextClassificationModule):
+    """A :class:`TextClassificationModule` trained and evaluated as transformers' ``Trainer`` does: the
+    optimizer and lr schedule come from ``TrainingArguments``, and the evaluation figures are computed once
+    over all logits (by ``compute_metrics`` when given, else by torchmetrics) and logged as ``eval_*``."""
+
+    training_args: TrainingArguments
+    compute_metrics: Optional[ComputeMetrics] = None
+
+    @classmethod
+    def wrap(
+        cls, model: PreTrainedModel, args: TrainingArguments, compute_metrics: Optional[ComputeMetrics]
+    ) -> TransformersTrainingModule:
+        module = cls.from_model(model, learning_rate=args.learning_rate, weight_decay=args.weight_decay)
+        module.training_args = args
+        module.compute_metrics = compute_metrics
+        return module
+
+    def outputs(self, batch: dict[str, Tensor]) -> _BatchOutputs:
+        """Mean loss (NaN without labels), logits and labels of a batch, on the CPU."""
+        labels = batch.get("labels")
+        logits = self(**{key: value for key, value in batch.items() if key != "labels"})
+        loss = float("nan") if labels is None else float(nn.functional.cross_entropy(logits, labels))
+        return loss, logits.detach().float().cpu(), None if labels is None else labels.detach().cpu()
+
+    @override
+    def on_validation_epoch_start(self) -> None:
+        self._collected: list[_BatchOutputs] = []
+
+    @override
+    def validation_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
+        self._collected.append(self.outputs(batch))
+
+    @override
+    def on_validation_epoch_end(self) -> None:
+        self.log_dict(summarize(self._collected, self.compute_metrics, "eval_"), prog_bar=True)
+
+    @override
+    def predict_step(self, batch: dict[str, Tensor], batch_idx: int) -> _BatchOutputs:
+        return self.outputs(batch)
+
+    @override
+    def configure_optimizers(self) -> Any:
+        optimizer, scheduler = optimizer_and_scheduler(
+            self.training_args, self.model, self.trainer.estimated_stepping_batches
+        )
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+
+def summarize(outputs: Sequence[_BatchOutputs], compute_metrics: Optional[ComputeMetrics], prefix: str) -> dict:
+    """Evaluation results over batches: the sample-weighted mean loss and the metrics of all logits."""
+    losses, logits, labels = zip(*outputs, strict=True)
+    sizes = [len(batch) for batch in logits]
+    loss = sum(loss * size for loss, size in zip(losses, sizes, strict=True)) / sum(sizes)
+    all_labels = None if labels[0] is None else torch.cat(labels)
+    return evaluation_results(loss, torch.cat(logits), all_labels, compute_metrics, prefix)
+
+
+class NLPTrainer:
+    """A transformers-``Trainer``-like facade over ``lightning.Trainer``, with ``prune()``.
+
+    Transformers style: ``model`` is a sequence-classification ``PreTrainedModel`` and ``args`` a
+    ``TrainingArguments`` (mapped by :mod:`lightning_sparsity.training_args`); datasets are
+    ``datasets.Dataset`` or map-style datasets of dicts, batched by ``data_collator``.
+    Lightning style: ``model`` is a ``LightningModule``, data comes from ``datamodule`` or
+    ``train_dataloaders``/``val_dataloaders``, and evaluation keys are the module's logged ones with
+    ``val_`` turned into ``eval_``. In both, further keyword arguments go to ``lightning.Trainer``.
+    """
+
+    def __init__(
+        self,
+        model: Union[PreTrainedModel, pl.LightningModule],
+        args: Optional[TrainingArguments] = None,
+        data_collator: Optional[Callable[[list[dict]], dict]] = None,
+        train_dataset: Optional[Dataset] = None,
+        eval_dataset: Optional[Dataset] = None,
+        processing_class: Optional[PreTrainedTokenizerBase] = None,
+        compute_metrics: Optional[ComputeMetrics] = None,
+        callbacks: Optional[list[Callback]] = None,
+        *,
+        tokenizer: Optional[PreTrainedTokenizerBase] = None,
+        datamodule: Optional[pl.LightningDataModule] = None,
+        train_dataloaders: Optional[DataLoader] = None,
+        val_dataloaders: Optional[DataLoader] = None,
+        **trainer_kwargs: Any,
+    ) -> None:
+        if tokenizer is not None and processing_class is not None:
+            raise ValueError("NLPTrainer got both tokenizer and processing_class (its new name): give one of them")
+        self.model = model
+        self.compute_metrics = compute_metrics
+        self.processing_class = processing_class if processing_class is not None else tokenizer
+        self.callbacks = _lightning_callbacks([*(callbacks or []), *(trainer_kwargs.pop("callbacks", None) or [])])
+        self.trainer_kwargs = trainer_kwargs
+        self.trainer: Optional[pl.Trainer] = None
+        self.pruning_report: Optional[PruningReport] = None
+        if isinstance(model, pl.LightningModule):
+            if args is not None or train_dataset is not None or eval_dataset is not None:
+                raise ValueError(
+                    "NLPTrainer with a LightningModule takes datamodule= or train_dataloaders=/val_dataloaders= and "
+                    "lightning.Trainer keyword arguments, not args/train_dataset/eval_dataset"
+                )
+            self.module = model
+            self.data = {"datamodule": datamodule, "train_dataloaders": train_dataloaders}
+            self.val_data = {"datamodule": datamodule, "dataloaders": val_dataloaders}
+            return
+        if not isinstance(model, PreTrainedModel):
+            raise ValueError(
+                f"NLPTrainer.model must be a transformers PreTrainedModel or a lightning LightningModule, "
+                f"got {type(model).__name__}"
+            )
+        self.args = args if args is not None else TrainingArguments(output_dir="trainer_output")
+        ignored = unsupported_fields(self.args)
+        if ignored:
+            warnings.warn(f"NLPTrainer ignores these TrainingArguments settings: {', '.join(ignored)}", stacklevel=2)
+        pl.seed_everything(self.args.seed, verbose=False)
+        self.train_dataset, self.eval_dataset = train_dataset, eval_dataset
+        self.collator = _ColumnFilter(
+            data_collator or _default_collator(self.processing_class),
+            _model_inputs(model, self.args.label_names) if self.args.remove_unused_columns else None,
+        )
+        self.module = TransformersTrainingModule.wrap(model, self.args, compute_metrics)
+
+    @property
+    def is_lightning_style(self) -> bool:
+        return isinstance(self.model, pl.LightningModule)
+
+    def train(self) -> TrainOutput:
+        """Trains the model; returns transformers' ``TrainOutput`` (global step, last training loss, metrics)."""
+        trainer = self._fit([])
+        metrics = {key: float(value) for key, value in trainer.callback_metrics.items()}
+        return TrainOutput(trainer.global_step, metrics.get("train_loss", math.nan), metrics)
+
+    def evaluate(self, eval_dataset: Optional[Dataset] = None) -> dict[str, float]:
+        """``eval_loss`` and ``eval_<metric>`` figures of the model on the evaluation data."""
+        trainer = self._new_trainer([])
+        if self.is_lightning_style:
+            results = trainer.validate(self.module, verbose=False, **self.val_data)[0]
+            return {_eval_key(key): float(value) for key, value in results.items()}
+        loader = self._loader(eval_dataset if eval_dataset is not None else self.eval_dataset, train=False)
+        return dict(trainer.validate(self.module, loader, verbose=False)[0])
+
+    def predict(self, test_dataset: Dataset) -> Union[PredictionOutput, list]:
+        """Logits, labels and ``test_*`` metrics (transformers' ``PredictionOutput``); for a LightningModule,
+        what ``lightning.Trainer.predict`` returns."""
+        trainer = self._new_trainer([])
+        if self.is_lightning_style:
+            return trainer.predict(self.module, test_dataset)
+        outputs = trainer.predict(self.module, self._loader(test_dataset, train=False))
+        labels = [batch_labels for _, _, batch_labels in outputs]
+        return PredictionOutput(
+            predictions=torch.cat([logits for _, logits, _ in outputs]).numpy(),
+            label_ids=None if labels[0] is None else torch.cat(labels).numpy(),
+            metrics=summarize(outputs, self.compute_metrics, "test_"),
+        )
+
+    def save_model(self, output_dir: Optional[str] = None) -> None:
+        """Writes the model (and tokenizer) with ``save_pretrained``: transformers' format, pruned zeros kept."""
+        model = self.module.model if self.is_lightning_style else self.model
+        if not isinstance(model, PreTrainedModel):
+            raise ValueError(
+                "NLPTrainer.save_model writes transformers models: this LightningModule has no PreTrainedModel in "
+                "its .model attribute; save a Lightning checkpoint with trainer.save_checkpoint instead"
+            )
+        output_dir = output_dir or (self.args.output_dir if not self.is_lightning_style else None)
+        if output_dir is None:
+            raise ValueError("NLPTrainer.save_model needs output_dir with a LightningModule")
+        Path(output_dir).mkdir(parents=True, exist_ok=True)
+        model.save_pretrained(output_dir)
+        if self.processing_class is not None:
+            self.processing_class.save_pretrained(output_dir)
+
+    def prune(self, pruning_config: Optional[PruningConfig] = None) -> Union[PreTrainedModel, pl.LightningModule]:
+        """Evaluates the dense baseline, trains while pruning, evaluates again and returns the pruned model.
+
+        ``pruning_report`` then holds the baseline and final metric, whether the Metric's criterion was
+        met, and the overall and per-layer sparsity.
+        """
+        config = pruning_config if pruning_config is not None else PruningConfig()
+        metrics = config.metric_list
+        if metrics and not self.is_lightning_style and self.compute_metrics is None:
+            unknown = [m.name for m in metrics if m.name not in BUILTIN_METRICS]
+            if unknown:
+                raise ValueError(
+                    f"Metric.name {', '.join(map(repr, unknown))} is not computed without a compute_metrics; "
+                    f"built-in names: {', '.join(BUILTIN_METRICS)} (or pass compute_metrics to NLPTrainer)"
+                )
+        baseline = self.evaluate() if metrics else {}
+        if metrics:
+            combined_score(metrics, baseline)  # a name the evaluation lacks fails here, before training
+        callback = PruningCallback(config=config)
+        self._fit([callback])
+        comparison = compare(metrics, baseline, self.evaluate()) if metrics else None
+        self.pruning_report = PruningReport(metric=comparison, layers=callback.report())
+        return self.model
+
+    def _fit(self, extra_callbacks: list[Callback]) -> pl.Trainer:
+        trainer = self._new_trainer(extra_callbacks)
+        if self.is_lightning_style:
+            trainer.fit(self.module, **self.data, val_dataloaders=self.val_data["dataloaders"])
+        else:
+            evaluates = evaluates_during_training(self.args) and self.eval_dataset is not None
+            validation = self._loader(self.eval_dataset, train=False) if evaluates else None
+            trainer.fit(self.module, self._loader(self.train_dataset, train=True), validation)
+        self.trainer = trainer
+        return trainer
+
+    def _new_trainer(self, extra_callbacks: list[Callback]) -> pl.Trainer:
+        settings: dict[str, Any] = {"callbacks": []}
+        if not self.is_lightning_style:
+            batches = len(self._loader(self.train_dataset, train=True)) if self.train_dataset is not None else 1
+            settings = trainer_settings(self.args, batches)
+        settings.update(self.trainer_kwargs)
+        settings["callbacks"] = [*settings["callbacks"], *self.callbacks, *extra_callbacks]
+        return pl.Trainer(**settings)
+
+    def _loader(self, dataset: Optional[Dataset], train: bool) -> DataLoader:
+        if dataset is None:
+            raise ValueError(f"NLPTrainer needs {'train_dataset' if train else 'eval_dataset'} for this call")
+        return DataLoader(dataset, collate_fn=self.collator, **loader_settings(self.args, train))
+
+
+class _ColumnFilter:
+    """Drops the features the model's ``forward`` does not take (transformers' ``remove_unused_columns``),
+    then collates."""
+
+    def __init__(self, collator: Callable[[list[dict]], dict], columns: Optional[set[str]]) -> None:
+        self.collator = collator
+        self.columns = columns
+
+    def __call__(self, features: list[dict]) -> dict:
+        if self.columns is not None:
+            features = [{key: value for key, value in f.items() if key in self.columns} for f in features]
+        return self.collator(features)
+
+
+def _model_inputs(model: nn.Module, label_names: Optional[list[str]]) -> set[str]:
+    return {*inspect.signature(model.forward).parameters, *_LABEL_COLUMNS, *(label_names or [])}
+
+
+def _default_collator(processing_class: Any) -> Callable[[list[dict]], dict]:
+    """transformers' choice: dynamic padding with a tokenizer, else ``default_data_collator``."""
+    if isinstance(processing_class, PreTrainedTokenizerBase):
+        return DataCollatorWithPadding(processing_class)
+    return default_data_collator
+
+
+def _lightning_callbacks(callbacks: Sequence[Any]) -> list[Callback]:
+    """Lightning callbacks pass; transformers ``TrainerCallback``\\ s cannot run on Lightning and are dropped
+    with a warning."""
+    kept, dropped = [], []
+    for callback in callbacks:
+        if isinstance(callback, Callback):
+            kept.append(callback)
+        elif isinstance(callback, TrainerCallback) or (
+            isinstance(callback, type) and issubclass(callback, TrainerCallback)
+        ):
+            dropped.append(getattr(callback, "__name__", type(callback).__name__))
+        else:
+            raise ValueError(f"NLPTrainer.callbacks must hold lightning Callbacks, got {type(callback).__name__}")
+    if dropped:
+        warnings.warn(
+            f"NLPTrainer ignores transformers TrainerCallbacks ({', '.join(dropped)}): they do not run on Lightning; "
+            "use the Lightning equivalent (e.g. lightning.pytorch.callbacks.EarlyStopping)",
+            stacklevel=3,
+        )
+    return kept
+
+
+def _eval_key(key: str) -> str:
+    """A Lightning-logged key in transformers' form: ``val_acc`` -> ``eval_acc``, ``acc`` -> ``eval_acc``."""
+    if key.startswith("eval_"):
+        return key
+    return "eval_" + (key[len("val_") :] if key.startswith("val_") else key)
+
+
+__all__ = ["NLPTrainer", "PruningReport", "TransformersTrainingModule"]
