@@ -4,7 +4,7 @@ VENV ?= .venv
 PYTHON := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: setup demo test lint
+.PHONY: setup demo test lint docs
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(PYTHON) || python3 -m venv $(VENV)
@@ -21,3 +21,11 @@ test: setup
 
 lint: setup
 	$(VENV)/bin/ruff check lightning_sparsity tests
+
+# the documentation site (MkDocs + Material + mkdocstrings) into site/; --strict fails on broken references
+$(VENV)/.installed-docs: $(STAMP)
+	$(PYTHON) -m pip install --quiet --constraint constraints.txt --editable ".[docs]"
+	touch $@
+
+docs: $(VENV)/.installed-docs
+	$(VENV)/bin/mkdocs build --strict
