@@ -7,13 +7,17 @@
    (``head``/``channel`` masks from magnitudes), timed dense and after ``slim()``, batch 32 x 128 tokens,
    ``torch.inference_mode``; the two run interleaved, round after round, and the speed-up is the median of
    the rounds' ratios (robust to load on a shared machine).
+3. With ``--sst2``: the embedded all-MiniLM-L6-v2 fine-tuned on the SST-2 slice of ``examples/data/sst2``
+   (dense steps), then pruned with the same ``head``/``channel`` targets by SnipMomentum (ramp + recovery
+   steps) and slimmed; test accuracy of both, and the time of one pass over the test set, dense vs slim.
 
-    python -m benchmarks.bench_export [--rounds 7] [--batch 32] [--seq 128]
+    python -m benchmarks.bench_export [--rounds 7] [--batch 32] [--seq 128] [--sst2]
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
 import tempfile
 from pathlib import Path
 
@@ -115,11 +119,79 @@ def inference_figures(rounds: int, batch: int, seq: int) -> dict[str, object]:
     }
 
 
+def sst2_figures(rounds: int, dense_steps: int, prune_steps: int, recovery_steps: int) -> dict[str, object]:
+    import lightning.pytorch as pl
+
+    from lightning_sparsity import Pruner, PruningCallback
+    from lightning_sparsity.text import TextClassificationDataModule, TextClassificationModule
+
+    pl.seed_everything(0)
+    folder = Path(__file__).resolve().parents[1] / "examples" / "data" / "sst2"
+    files = {f"{split}_file": str(folder / f"{split}.tsv") for split in ("train", "validation", "test")}
+    data = TextClassificationDataModule(**files, max_length=64, batch_size=32, eval_batch_size=64)
+    module = TextClassificationModule("all-MiniLM-L6-v2", num_labels=2, learning_rate=1e-4)
+
+    def fit(steps: int, callbacks: list[pl.Callback]) -> pl.Trainer:
+        trainer = pl.Trainer(
+            accelerator="cpu",
+            max_steps=steps,
+            max_epochs=-1,
+            limit_val_batches=0,
+            logger=False,
+            enable_checkpointing=False,
+            enable_model_summary=False,
+            enable_progress_bar=False,
+            callbacks=callbacks,
+        )
+        trainer.fit(module, data)
+        return trainer
+
+    def accuracy(trainer: pl.Trainer, tested: TextClassificationModule) -> float:
+        return float(trainer.test(tested, data, verbose=False)[0]["test_acc"])
+
+    dense_trainer = fit(dense_steps, [])
+    dense_accuracy = accuracy(dense_trainer, module)
+    dense = copy.deepcopy(module.model).eval()
+    ramp = {"prune_type": "SnipMomentum", "step_range": [0, prune_steps], "update_frequency": 10, "schedule": "cubic"}
+    pruners = [
+        Pruner(pattern="head", target_sparsity_ratio=HEADS_PRUNED, **ramp),
+        Pruner(pattern="channel", target_sparsity_ratio=NEURONS_PRUNED, **ramp),
+    ]
+    prune_trainer = fit(prune_steps + recovery_steps, [PruningCallback(pruners=pruners)])
+    slimmed = slim(module.model.eval())
+    slim_accuracy = accuracy(prune_trainer, TextClassificationModule.from_model(slimmed))
+    slimmed.eval()  # from_model() set it to train mode
+    batches = [{k: v for k, v in batch.items() if k != "labels"} for batch in data.test_dataloader()]
+
+    def run(model: torch.nn.Module) -> None:
+        with torch.inference_mode():
+            for batch in batches:
+                model(**batch)
+
+    figures = interleaved(
+        {"dense": lambda: timed(lambda: run(dense)), "slim": lambda: timed(lambda: run(slimmed))}, rounds
+    )
+    return {
+        "dense_accuracy": dense_accuracy,
+        "slim_accuracy": slim_accuracy,
+        "accuracy_change_points": 100 * (slim_accuracy - dense_accuracy),
+        "test_pass_dense_s": median(figures["dense"]),
+        "test_pass_slim_s": median(figures["slim"]),
+        "speedup": median([d / s for d, s in zip(figures["dense"], figures["slim"], strict=True)]),
+        "steps": {"dense": dense_steps, "prune_ramp": prune_steps, "recovery": recovery_steps},
+        "slimmed_layers": slimmed.config.slimmed_layers,
+        "raw": figures,
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=7, help="interleaved timing rounds (medians over them)")
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--seq", type=int, default=128)
+    parser.add_argument("--sst2", action="store_true", help="also fine-tune, prune and slim MiniLM on SST-2")
+    parser.add_argument("--sst2-steps", type=int, nargs=3, default=[200, 300, 200], help="dense, ramp, recovery")
+    parser.add_argument("--sst2-rounds", type=int, default=3, help="interleaved timing rounds of the test-set pass")
     args = parser.parse_args()
 
     checkpoint = checkpoint_figures()
@@ -146,7 +218,20 @@ def main() -> None:
         f"sparsity; inference with {HEADS_PRUNED:.0%} of heads and {NEURONS_PRUNED:.0%} of FFN neurons removed, "
         f"batch {args.batch} x {args.seq} tokens"
     )
-    save("export", {"setup": setup, "rounds": args.rounds, "checkpoint": checkpoint, "inference": inference})
+    result = {"setup": setup, "rounds": args.rounds, "checkpoint": checkpoint, "inference": inference}
+    if args.sst2:
+        sst2 = result["sst2"] = sst2_figures(args.sst2_rounds, *args.sst2_steps)
+        print(
+            table(
+                ["SST-2 slice, MiniLM", "dense", "heads/2, FFN/4, slimmed"],
+                [
+                    ["test accuracy", sst2["dense_accuracy"], sst2["slim_accuracy"]],
+                    ["test-set pass (s)", sst2["test_pass_dense_s"], sst2["test_pass_slim_s"]],
+                    ["speed-up", 1.0, sst2["speedup"]],
+                ],
+            )
+        )
+    save("export", result)
 
 
 if __name__ == "__main__":
