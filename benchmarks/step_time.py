@@ -1,0 +1,137 @@
+"""Training step time with the PruningCallback / without, by how often masks are updated.
+
+A MiniLM-sized BERT (hidden 384, 6 layers, random init), batch 16, sequence 64, AdamW, on random tokens.
+Every variant trains the same fresh model copy for the same steps; variants run interleaved, round after
+round, and each round's mean step time (update steps included) is divided by the same round's dense run.
+
+    python -m benchmarks.step_time [--rounds 5] [--steps 10] [--frequencies 1 10 100]
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import time
+from typing import Any
+
+import lightning.pytorch as pl
+import torch
+from lightning.pytorch.callbacks import Callback
+from torch.utils.data import DataLoader, TensorDataset
+from transformers import BertForSequenceClassification
+from typing_extensions import override
+
+from benchmarks.common import bert_config, interleaved, median, save, table
+from lightning_sparsity import Pruner, PruningCallback
+
+WARMUP_STEPS = 2
+BATCH, SEQ = 16, 64
+
+
+class Classifier(pl.LightningModule):
+    """A BertForSequenceClassification trained with AdamW."""
+
+    def __init__(self, model: torch.nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    @override
+    def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
+        input_ids, labels = batch
+        return torch.nn.functional.cross_entropy(self.model(input_ids=input_ids).logits, labels)
+
+    @override
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        return torch.optim.AdamW(self.parameters(), lr=1e-4)
+
+
+class StepClock(Callback):
+    """Seconds between consecutive batch starts: everything a training step costs, callbacks included."""
+
+    def __init__(self) -> None:
+        self.starts: list[float] = []
+
+    @override
+    def on_train_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, idx: int) -> None:
+        self.starts.append(time.perf_counter())
+
+    @override
+    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self.starts.append(time.perf_counter())
+
+    def mean_step(self) -> float:
+        measured = self.starts[WARMUP_STEPS:]
+        return (measured[-1] - measured[0]) / (len(measured) - 1)
+
+
+def pruning(frequency: int) -> PruningCallback:
+    """Masks of every encoder Linear updated each ``frequency`` optimizer steps, mid-ramp (50% -> 90%)."""
+    pruner = Pruner(
+        target_sparsity_ratio=0.9,
+        initial_sparsity_ratio=0.5,
+        step_range=[0, 1000],
+        update_frequency=frequency,
+        names=[r"encoder\..*"],
+    )
+    return PruningCallback([pruner])
+
+
+def run_fit(initial: torch.nn.Module, loader: DataLoader, steps: int, frequency: int | None) -> float:
+    """Mean step time of one short fit from a fresh copy of ``initial``."""
+    clock = StepClock()
+    callbacks = [clock] if frequency is None else [pruning(frequency), clock]
+    trainer = pl.Trainer(
+        accelerator="cpu",
+        max_steps=WARMUP_STEPS + steps,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        callbacks=callbacks,
+    )
+    trainer.fit(Classifier(copy.deepcopy(initial)), loader)
+    return clock.mean_step()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rounds", type=int, default=5, help="interleaved rounds (medians over them)")
+    parser.add_argument("--steps", type=int, default=10, help="timed optimizer steps per fit")
+    parser.add_argument("--frequencies", type=int, nargs="+", default=[1, 10, 100])
+    args = parser.parse_args()
+
+    torch.manual_seed(0)
+    initial = BertForSequenceClassification(bert_config("minilm", num_labels=2))
+    tokens = torch.randint(0, initial.config.vocab_size, ((WARMUP_STEPS + args.steps) * BATCH, SEQ))
+    loader = DataLoader(TensorDataset(tokens, torch.randint(0, 2, (len(tokens),))), batch_size=BATCH)
+    variants = {"dense": lambda: run_fit(initial, loader, args.steps, None)}
+    for frequency in args.frequencies:
+        variants[f"every {frequency}"] = lambda f=frequency: run_fit(initial, loader, args.steps, f)
+    figures = interleaved(variants, args.rounds)
+
+    dense = figures["dense"]
+    rows = []
+    for frequency in args.frequencies:
+        seconds = figures[f"every {frequency}"]
+        ratios = [s / d for s, d in zip(seconds, dense)]
+        rows.append({"update_frequency": frequency, "step_s": median(seconds), "ratio": median(ratios)})
+    result = {
+        "setup": f"MiniLM-sized BERT, batch {BATCH}, seq {SEQ}, AdamW, encoder Linear weights pruned 50% -> 90%",
+        "rounds": args.rounds,
+        "steps_per_fit": args.steps,
+        "dense_step_s": median(dense),
+        "rows": rows,
+        "raw": figures,
+    }
+    print(f"dense step: {median(dense):.3f} s")
+    print(
+        table(
+            ["update every (steps)", "step with callback (s)", "ratio to dense"],
+            [[r["update_frequency"], r["step_s"], r["ratio"]] for r in rows],
+        )
+    )
+    save("step_time", result)
+
+
+if __name__ == "__main__":
+    main()
