@@ -41,6 +41,8 @@ class Sparsifier:
         self.last_update: Optional[int] = None
         self.current_target = 0.0
         self.scored_steps = 0
+        self._counted_masks: Optional[dict[str, Tensor]] = None  # the masks that _pruned counts
+        self._pruned = 0
         for name, weight in weights.items():
             _check_weight(name, weight, pruner)
 
@@ -91,13 +93,17 @@ class Sparsifier:
                     f"weight {name!r} holds NaN or infinite values at a pruning mask update; lower the "
                     "learning rate, enable gradient clipping (Trainer(gradient_clip_val=...)) or use fp32"
                 )
-        scores = [self._scores_for(name, weight) for name, weight in self.weights.items()]
+        scores = (self._scores_for(name, weight) for name, weight in self.weights.items())
         if self.groups:
             named_scores = dict(zip(self.weights, scores, strict=True))
             self.masks = structured_masks(self.groups, named_scores, sparsity, self.pruner.scope)
         else:
             bounds = (self.pruner.min_sparsity_ratio_per_layer, self.pruner.max_sparsity_ratio_per_layer)
-            keeps = pattern_masks(scores, sparsity, self.pattern, self.pruner.method, self.pruner.scope, bounds)
+            settings = (sparsity, self.pattern, self.pruner.method, self.pruner.scope, bounds)
+            if self.pruner.scope == "global":
+                keeps = pattern_masks(list(scores), *settings)
+            else:  # tensor by tensor, so that one score tensor is alive at a time
+                keeps = [pattern_masks([tensor_scores], *settings)[0] for tensor_scores in scores]
             self.masks = dict(zip(self.weights, keeps))
         self.current_target = sparsity
         self.apply_masks()
@@ -106,11 +112,12 @@ class Sparsifier:
     def apply_masks(self) -> None:
         """Zeroes the pruned weights in place (after every optimizer step).
 
-        ``masked_fill_`` writes +0.0 (``mul_`` would leave -0.0 for negative weights, which compressed
-        checkpoints must then store as values to stay bit-exact).
+        Pruned weights become +0.0 (``mul_`` alone leaves -0.0 for negative weights, which compressed
+        checkpoints would then store as values to stay bit-exact; adding 0.0 turns -0.0 into +0.0 and
+        changes nothing else). ``mul_`` + ``add_`` is several times faster than ``masked_fill_`` on CPU.
         """
         for name, mask in self.masks.items():
-            self.weights[name].masked_fill_(~mask, 0.0)
+            self.weights[name].mul_(mask).add_(0.0)
 
     @torch.no_grad()
     def before_optimizer_step(self) -> None:
@@ -136,19 +143,25 @@ class Sparsifier:
             self.scored_steps += 1
 
     def _scores_for(self, name: str, weight: Tensor) -> Tensor:
-        """Importance scores with already-pruned weights at ``-inf`` (gradient types fall back to
-        magnitude until a gradient has been seen)."""
-        scores = self.scores.get(name) if self.scored_steps else None
-        scores = magnitude_scores(weight).float() if scores is None else scores.clone()
+        """Importance scores in a fresh tensor, already-pruned weights at -1 (gradient types fall back to
+        magnitude until a gradient has been seen).
+
+        Every criterion scores >= 0, so -1 ranks pruned weights first like ``-inf`` would; setting it by
+        arithmetic (``mul_``, ``add_``) is several times faster on CPU than ``masked_fill_``.
+        """
+        stored = self.scores.get(name) if self.scored_steps else None
         mask = self.masks.get(name)
-        if mask is not None:
-            scores.masked_fill_(~mask, float("-inf"))
-        return scores
+        if mask is None:
+            return magnitude_scores(weight).float() if stored is None else stored.clone()
+        scores = magnitude_scores(weight).float().mul_(mask) if stored is None else stored * mask
+        return scores.add_(mask.logical_not(), alpha=-1.0)
 
     def mask_sparsity(self) -> float:
-        """Fraction of masked-out weights (0 before the first update)."""
-        pruned = sum(int((~m).sum()) for m in self.masks.values())
-        return pruned / self.numel
+        """Fraction of masked-out weights (0 before the first update), counted once per new set of masks."""
+        if self._counted_masks is not self.masks:
+            self._pruned = sum(m.numel() - int(torch.count_nonzero(m)) for m in self.masks.values())
+            self._counted_masks = self.masks
+        return self._pruned / self.numel
 
     def state_dict(self) -> dict[str, Any]:
         return {
