@@ -13,8 +13,9 @@ $(STAMP): pyproject.toml constraints.txt
 
 setup: $(STAMP)
 
+# OMP_WAIT_POLICY=PASSIVE: on a shared, busy CPU, spinning OpenMP threads slow torch training ten-fold or more.
 demo: setup
-	$(PYTHON) -m lightning_sparsity.demo
+	OMP_WAIT_POLICY=PASSIVE $(PYTHON) -m lightning_sparsity.demo
 
 test: setup
 	$(PYTHON) -m pytest -q
