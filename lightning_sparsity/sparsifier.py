@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import Any, Optional
 
 import torch
@@ -125,6 +125,8 @@ class Sparsifier:
         prune_type = self.pruner.prune_type
         if prune_type not in ("SnipMomentum", "Gradient", "GroupLasso"):
             return
+        if prune_type != "GroupLasso" and not _grads_finite(self.weights.values()):
+            return  # an fp16 AMP overflow step, which GradScaler skips: its scores would stay inf or NaN for good
         for name, weight in self.weights.items():
             if weight.grad is None:
                 continue
@@ -185,6 +187,12 @@ class Sparsifier:
         self.last_update = state["last_update"]
         self.current_target = float(state["current_target"])
         self.scored_steps = int(state["scored_steps"])
+
+
+def _grads_finite(weights: Iterable[nn.Parameter]) -> bool:
+    """Whether every gradient present is free of inf and NaN (one synchronisation for all of them)."""
+    checks = [torch.isfinite(w.grad).all() for w in weights if w.grad is not None]
+    return not checks or bool(torch.stack(checks).all())
 
 
 def _check_weight(name: str, weight: nn.Parameter, pruner: Pruner) -> None:

@@ -10,6 +10,7 @@ import torch
 from helpers import TinyBert, make_trainer, toy_loader
 
 from lightning_sparsity import Pruner, PruningCallback
+from lightning_sparsity.sparsifier import Sparsifier
 
 #: Three prune types on disjoint weights: stateful scores, a block penalty and plain magnitude.
 PRUNERS = [
@@ -68,6 +69,21 @@ def test_masks_and_targets_hold_under_fp16_mixed_precision() -> None:
     module, pruning = fit_with_precision("16-mixed", accelerator="cuda")
     assert module.device.type == "cuda"
     assert_masks_hold(pruning, torch.float32)
+
+
+@pytest.mark.parametrize("prune_type", ["SnipMomentum", "Gradient"])
+def test_overflowing_fp16_steps_leave_gradient_scores_untouched(prune_type: str) -> None:
+    """fp16 AMP starts with a loss scale that overflows: GradScaler skips those steps, and so must the scores."""
+    weight = torch.nn.Parameter(torch.randn(4, 8))
+    sparsifier = Sparsifier(Pruner(prune_type=prune_type), {"weight": weight})
+    weight.grad = torch.randn(4, 8)
+    sparsifier.before_optimizer_step()
+    scores = sparsifier.scores["weight"].clone()
+    for overflow in (float("inf"), float("nan")):
+        weight.grad[1, 2] = overflow
+        sparsifier.before_optimizer_step()
+        assert torch.equal(sparsifier.scores["weight"], scores)
+    assert sparsifier.scored_steps == 1
 
 
 @pytest.mark.skipif(
