@@ -5,7 +5,17 @@ from lightning_sparsity.config import PruningConfig
 from lightning_sparsity.metrics import Metric
 from lightning_sparsity.pruner import Pruner
 from lightning_sparsity.report import LayerSparsity, SparsityReport
+from lightning_sparsity.trainer import NLPTrainer
 
 __version__ = "0.1.0"
 
-__all__ = ["LayerSparsity", "Metric", "Pruner", "PruningCallback", "PruningConfig", "SparsityReport", "__version__"]
+__all__ = [
+    "LayerSparsity",
+    "Metric",
+    "NLPTrainer",
+    "Pruner",
+    "PruningCallback",
+    "PruningConfig",
+    "SparsityReport",
+    "__version__",
+]
