@@ -129,7 +129,9 @@ class TransformersTrainingModule(TextClassificationModule):
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
 
-def summarize(outputs: Sequence[_BatchOutputs], compute_metrics: Optional[ComputeMetrics], prefix: str) -> dict:
+def summarize(
+    outputs: Sequence[_BatchOutputs], compute_metrics: Optional[ComputeMetrics], prefix: str
+) -> dict[str, float]:
     """Evaluation results over batches: the sample-weighted mean loss and the metrics of all logits."""
     losses, logits, labels = zip(*outputs, strict=True)
     sizes = [len(batch) for batch in logits]
@@ -169,7 +171,6 @@ class NLPTrainer:
         if tokenizer is not None and processing_class is not None:
             raise ValueError("NLPTrainer got both tokenizer and processing_class (its new name): give one of them")
         self.model = model
-        self.compute_metrics = compute_metrics
         self.processing_class = processing_class if processing_class is not None else tokenizer
         self.callbacks = _lightning_callbacks([*(callbacks or []), *(trainer_kwargs.pop("callbacks", None) or [])])
         self.trainer_kwargs = trainer_kwargs
@@ -201,6 +202,10 @@ class NLPTrainer:
             _model_inputs(model, self.args.label_names) if self.args.remove_unused_columns else None,
         )
         self.module = TransformersTrainingModule.wrap(model, self.args, compute_metrics)
+
+    @property
+    def compute_metrics(self) -> Optional[ComputeMetrics]:
+        return None if self.is_lightning_style else self.module.compute_metrics
 
     @property
     def is_lightning_style(self) -> bool:
