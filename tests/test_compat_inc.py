@@ -333,6 +333,21 @@ print(json.dumps(results))
 EQUIVALENCE_CONFIGS = [
     {"target_sparsity": 0.75, "pattern": "4x1", "pruning_type": "magnitude", "pruning_scope": "local"},
     {"target_sparsity": 0.5, "pattern": "2:4", "pruning_type": "snip_momentum", "pruning_scope": "global"},
+    {"target_sparsity": 0.5, "pattern": "1xchannel", "pruning_type": "magnitude", "pruning_scope": "local"},
+    {
+        "target_sparsity": 0.5,
+        "pattern": "channelx1",
+        "pruning_type": "gradient",
+        "sparsity_decay_type": "cube",
+        "pruning_scope": "local",
+    },
+    {
+        "target_sparsity": 0.8,
+        "pattern": "4x1",
+        "pruning_type": "snip_momentum",
+        "pruning_scope": "global",
+        "max_sparsity_ratio_per_op": 0.85,
+    },
 ]
 
 
@@ -343,11 +358,14 @@ def _inc_available() -> bool:
 
 
 def _follows(zeros: torch.Tensor, pattern: str) -> bool:
-    """Whether a zero mask is made of whole 4x1 blocks, or has exactly 2 zeros in every 4 inputs."""
+    """Whether a zero mask is made of whole units of ``pattern``."""
     if pattern == "4x1":
         blocks = zeros.reshape(zeros.shape[0] // 4, 4, -1)
         return bool((blocks.all(1) | ~blocks.any(1)).all())
-    return bool((zeros.reshape(zeros.shape[0], -1, 4).sum(-1) == 2).all())
+    if pattern == "2:4":
+        return bool((zeros.reshape(zeros.shape[0], -1, 4).sum(-1) == 2).all())
+    axis = 1 if pattern == "1xchannel" else 0  # whole rows, or whole columns
+    return bool((zeros.all(axis) | ~zeros.any(axis)).all())
 
 
 @pytest.mark.skipif(not _inc_available(), reason="no INC virtual environment (set INC_VENV to one with INC 3.7.1)")
@@ -361,10 +379,14 @@ def test_same_config_through_inc_prunes_the_same_layers_to_the_same_pattern_and_
     for config, inc_zeros in zip(EQUIVALENCE_CONFIGS, inc_runs, strict=True):
         _, callback = fit(pruners_from_inc({**config, **ramp}))
         ours = {n: w == 0 for s in callback.sparsifiers for n, w in s.weights.items()}
-        assert set(ours) == set(inc_zeros), config  # the same layers, the classifier head left out by both
-        for name, zeros in ours.items():
-            theirs = torch.tensor(inc_zeros[name], dtype=torch.bool)
-            assert _follows(zeros, config["pattern"]) and _follows(theirs, config["pattern"]), name
-            assert abs(zeros.float().mean() - theirs.float().mean()) <= 1 / 32, name
-        overall = sum(int(z.sum()) for z in ours.values()) / sum(z.numel() for z in ours.values())
-        assert overall == pytest.approx(config["target_sparsity"], abs=1e-3)
+        theirs = {n: torch.tensor(z, dtype=torch.bool) for n, z in inc_zeros.items()}
+        assert set(ours) == set(theirs), config  # the same layers, the classifier head left out by both
+        highest = config.get("max_sparsity_ratio_per_op", 0.98)
+        for name in ours:
+            for zeros in (ours[name], theirs[name]):
+                assert _follows(zeros, config["pattern"]) and zeros.float().mean() <= highest, (config, name)
+            if config["pruning_scope"] == "local":
+                assert abs(ours[name].float().mean() - theirs[name].float().mean()) <= 1 / 32, (config, name)
+        for zeros in (ours, theirs):
+            overall = sum(int(z.sum()) for z in zeros.values()) / sum(z.numel() for z in zeros.values())
+            assert overall == pytest.approx(config["target_sparsity"], abs=1e-3), config
