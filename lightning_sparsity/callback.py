@@ -136,8 +136,20 @@ class PruningCallback(Callback):
                     "the target will not be reached: lower step_range or raise max_steps"
                 )
 
+    def _warn_if_step_ramp_outlasts_epochs(self, trainer: pl.Trainer) -> None:
+        """Without max_steps, the run's length in steps is only known once the data is loaded."""
+        steps = trainer.estimated_stepping_batches
+        for index, pruner in enumerate(self.pruners):
+            if pruner.step_range is not None and trainer.max_steps < 0 and pruner.step_range[1] > steps:
+                rank_zero_warn(
+                    f"pruners[{index}].step_range={pruner.step_range} ends after the run's last optimizer step "
+                    f"({steps:g}: max_epochs={trainer.max_epochs} of {trainer.num_training_batches} batches); the "
+                    "target will not be reached: lower step_range or raise max_epochs"
+                )
+
     @override
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._warn_if_step_ramp_outlasts_epochs(trainer)
         if self._restored is not None:
             for sparsifier, state in zip(self.sparsifiers, self._restored["states"]):
                 sparsifier.load_state_dict(state)

@@ -233,6 +233,12 @@ CASES: list[tuple[str, Callable[[Path], Any], type[BaseException], str]] = [
         UserWarning,
         r"step_range=\[0, 10\] ends after max_steps=4",
     ),
+    (
+        "max_epochs too few for step_range",
+        lambda _: fit(Pruner(step_range=[0, 10]), max_epochs=2),
+        UserWarning,
+        r"step_range=\[0, 10\] ends after the run's last optimizer step \(4: max_epochs=2 of 2 batches\).*max_epochs",
+    ),
     # Situations met while running.
     (
         "non-finite weight at a mask update",
