@@ -177,10 +177,18 @@ class NLPTrainer:
         self.trainer: Optional[pl.Trainer] = None
         self.pruning_report: Optional[PruningReport] = None
         if isinstance(model, pl.LightningModule):
-            if args is not None or train_dataset is not None or eval_dataset is not None:
+            transformers_only = {
+                "args": args,
+                "data_collator": data_collator,
+                "train_dataset": train_dataset,
+                "eval_dataset": eval_dataset,
+                "compute_metrics": compute_metrics,
+            }
+            given = [name for name, value in transformers_only.items() if value is not None]
+            if given:
                 raise ValueError(
-                    "NLPTrainer with a LightningModule takes datamodule= or train_dataloaders=/val_dataloaders= and "
-                    "lightning.Trainer keyword arguments, not args/train_dataset/eval_dataset"
+                    f"NLPTrainer with a LightningModule takes datamodule= or train_dataloaders=/val_dataloaders= and "
+                    f"lightning.Trainer keyword arguments, not {', '.join(given)} (those need a PreTrainedModel)"
                 )
             self.module = model
             self.data = {"datamodule": datamodule, "train_dataloaders": train_dataloaders}

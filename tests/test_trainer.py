@@ -252,8 +252,10 @@ def test_lightning_style_constructor(tmp_path):
 def test_bad_constructor_arguments_are_clear_errors(tmp_path):
     with pytest.raises(ValueError, match="NLPTrainer.model must be a transformers PreTrainedModel or a lightning"):
         NLPTrainer(model=torch.nn.Linear(2, 2))
-    with pytest.raises(ValueError, match="not args/train_dataset/eval_dataset"):
-        NLPTrainer(TinyBert(), args=training_args(tmp_path))
+    with pytest.raises(
+        ValueError, match=r"keyword arguments, not args, compute_metrics \(those need a PreTrainedModel"
+    ):
+        NLPTrainer(TinyBert(), args=training_args(tmp_path), compute_metrics=lambda prediction: {})
     with pytest.raises(ValueError, match="both tokenizer and processing_class"):
         NLPTrainer(model=tiny_model(), tokenizer=object(), processing_class=object())
     with pytest.raises(ValueError, match="NLPTrainer needs eval_dataset"):
