@@ -13,11 +13,13 @@ import yaml
 from fixtures.tiny_text import PAIRS_TSV, save_tiny_model
 from lightning.pytorch.cli import LightningCLI
 
-from lightning_sparsity import PruningCallback
+from lightning_sparsity import Pruner, PruningCallback
 from lightning_sparsity.cli import main
 from lightning_sparsity.layers import name_matches
 from lightning_sparsity.text import TextClassificationDataModule, TextClassificationModule
 
+ROOT = Path(__file__).resolve().parents[1]
+EXAMPLES = ROOT / "examples" / "configs"
 SCRIPT = Path(sys.executable).parent / "lightning-sparsity"
 PRUNED = r".*encoder.*\.(query|key|value|dense)\.weight"
 
@@ -126,3 +128,15 @@ def test_the_same_yaml_works_from_a_users_own_lightning_cli(config: Path, tmp_pa
     (pruning,) = [c for c in cli.trainer.callbacks if isinstance(c, PruningCallback)]
     assert pruning.sparsity() == 0.75
     assert checkpoint_sparsity(tmp_path) == (0.75, 12)
+
+
+@pytest.mark.parametrize("example", sorted(EXAMPLES.glob("*.yaml")), ids=lambda path: path.stem)
+def test_example_configs_parse_into_valid_pruners(example: Path, capsys: pytest.CaptureFixture) -> None:
+    with pytest.raises(SystemExit):
+        main(["fit", "--config", str(example), "--print_config"])
+    config = yaml.safe_load(capsys.readouterr().out)
+    (pruner,) = config["trainer"]["callbacks"][0]["init_args"]["pruners"]
+    assert Pruner(**pruner).target_sparsity_ratio == pruner["target_sparsity_ratio"] >= 0.5
+    assert config["model"]["model_name_or_path"] == "all-MiniLM-L6-v2"
+    for split in ("train", "validation", "test"):
+        assert (ROOT / config["data"][f"{split}_file"]).is_file()
