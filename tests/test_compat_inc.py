@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import re
@@ -10,7 +11,9 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
 from helpers import TinyBert, make_trainer, tiny_bert_config, toy_loader
+from jsonargparse import ArgumentParser
 from torch import nn
 
 from lightning_sparsity import Pruner, PruningCallback
@@ -390,3 +393,20 @@ def test_same_config_through_inc_prunes_the_same_layers_to_the_same_pattern_and_
         for zeros in (ours, theirs):
             overall = sum(int(z.sum()) for z in zeros.values()) / sum(z.numel() for z in zeros.values())
             assert overall == pytest.approx(config["target_sparsity"], abs=1e-3), config
+
+
+def test_converted_pruners_work_as_plain_mappings_in_a_cli_yaml():
+    """The docs' route to the command line: ``asdict`` of each pruner under ``init_args.pruners``."""
+    pruners = pruners_from_inc(
+        {
+            "pattern": "1xchannel",
+            "pruning_type": "snip",
+            "max_sparsity_ratio_per_op": 0.9,
+            "pruning_configs": [{"op_names": ["query"]}, {}],
+        }
+    )
+    parser = ArgumentParser(exit_on_error=False)
+    parser.add_class_arguments(PruningCallback, "callback")
+    text = yaml.safe_dump({"callback": {"pruners": [dataclasses.asdict(p) for p in pruners]}})
+    callback = parser.instantiate_classes(parser.parse_string(text)).callback
+    assert callback.pruners == pruners
