@@ -182,3 +182,17 @@ def test_adamw_with_warmup_skips_decay_on_biases_and_norms(tiny_model: Path) -> 
 def test_embedded_model_name_resolves_to_the_package_folder(tiny_model: Path) -> None:
     assert (Path(resolve_model_path("all-MiniLM-L6-v2")) / "config.json").is_file()
     assert resolve_model_path(str(tiny_model)) == str(tiny_model)
+
+
+def test_fit_without_validation_and_predict_without_labels(tiny_model: Path, tmp_path: Path) -> None:
+    unlabelled = tmp_path / "predict.jsonl"
+    unlabelled.write_text('{"sentence1": "the cat", "sentence2": "a dog"}\n{"sentence1": "red", "sentence2": "blue"}\n')
+    data = pair_data(validation_file=None, test_file=None, predict_file=str(unlabelled))
+    module = TextClassificationModule(str(tiny_model))
+    trainer = make_trainer()
+    trainer.fit(module, data)
+    assert "train_loss" in trainer.callback_metrics and "val_acc" not in trainer.callback_metrics
+    (predictions,) = trainer.predict(module, data)
+    assert predictions.shape == (2,) and set(predictions.tolist()) <= {0, 1}
+    with pytest.raises(ValueError, match="test_file is not set, so there is no test data"):
+        trainer.test(module, data)

@@ -208,8 +208,9 @@ class TextClassificationDataModule(pl.LightningDataModule):
         return self._loader("train", shuffle=True)
 
     @override
-    def val_dataloader(self) -> DataLoader:
-        return self._loader("validation")
+    def val_dataloader(self) -> DataLoader | list:
+        """The validation data; none (fit skips validation) without a validation file."""
+        return self._loader("validation") if "validation" in self.datasets else []
 
     @override
     def test_dataloader(self) -> DataLoader:
