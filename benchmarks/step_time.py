@@ -4,14 +4,16 @@ A MiniLM-sized BERT (hidden 384, 6 layers, random init), batch 16, sequence 64, 
 Every variant trains the same fresh model copy for the same steps; variants run interleaved, round after
 round, and each round's mean step time (update steps included) is divided by the same round's dense run.
 
-    python -m benchmarks.step_time [--rounds 5] [--steps 10] [--frequencies 1 10 100]
+    python -m benchmarks.step_time [--rounds 5] [--steps 10] [--frequencies 1 10 100] [--threads 1]
+
+Ratios are given in process CPU time (one torch thread: what the step costs on an idle core) and in
+wall-clock time (which on a shared machine also counts the time other processes held the cores).
 """
 
 from __future__ import annotations
 
 import argparse
 import copy
-import time
 from typing import Any
 
 import lightning.pytorch as pl
@@ -21,7 +23,7 @@ from torch.utils.data import DataLoader, TensorDataset
 from transformers import BertForSequenceClassification
 from typing_extensions import override
 
-from benchmarks.common import bert_config, interleaved, median, save, table
+from benchmarks.common import bert_config, clock, interleaved, median, save, set_threads, table
 from lightning_sparsity import Pruner, PruningCallback
 
 WARMUP_STEPS = 2
@@ -49,19 +51,21 @@ class StepClock(Callback):
     """Seconds between consecutive batch starts: everything a training step costs, callbacks included."""
 
     def __init__(self) -> None:
-        self.starts: list[float] = []
+        self.starts: list[tuple[float, float]] = []
 
     @override
     def on_train_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, idx: int) -> None:
-        self.starts.append(time.perf_counter())
+        self.starts.append(clock())
 
     @override
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        self.starts.append(time.perf_counter())
+        self.starts.append(clock())
 
-    def mean_step(self) -> float:
-        measured = self.starts[WARMUP_STEPS:]
-        return (measured[-1] - measured[0]) / (len(measured) - 1)
+    def mean_step(self) -> tuple[float, float]:
+        """(wall-clock, CPU) seconds per step after the warm-up steps."""
+        (wall, cpu), (wall_end, cpu_end) = self.starts[WARMUP_STEPS], self.starts[-1]
+        steps = len(self.starts) - 1 - WARMUP_STEPS
+        return (wall_end - wall) / steps, (cpu_end - cpu) / steps
 
 
 def pruning(frequency: int) -> PruningCallback:
@@ -76,7 +80,7 @@ def pruning(frequency: int) -> PruningCallback:
     return PruningCallback([pruner])
 
 
-def run_fit(initial: torch.nn.Module, loader: DataLoader, steps: int, frequency: int | None) -> float:
+def run_fit(initial: torch.nn.Module, loader: DataLoader, steps: int, frequency: int | None) -> tuple[float, float]:
     """Mean step time of one short fit from a fresh copy of ``initial``."""
     clock = StepClock()
     callbacks = [clock] if frequency is None else [pruning(frequency), clock]
@@ -98,7 +102,9 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=5, help="interleaved rounds (medians over them)")
     parser.add_argument("--steps", type=int, default=10, help="timed optimizer steps per fit")
     parser.add_argument("--frequencies", type=int, nargs="+", default=[1, 10, 100])
+    parser.add_argument("--threads", type=int, default=1, help="torch threads (1: steadier on a shared machine)")
     args = parser.parse_args()
+    set_threads(args.threads)
 
     torch.manual_seed(0)
     initial = BertForSequenceClassification(bert_config("minilm", num_labels=2))
@@ -112,22 +118,27 @@ def main() -> None:
     dense = figures["dense"]
     rows = []
     for frequency in args.frequencies:
-        seconds = figures[f"every {frequency}"]
-        ratios = [s / d for s, d in zip(seconds, dense)]
-        rows.append({"update_frequency": frequency, "step_s": median(seconds), "ratio": median(ratios)})
+        times = figures[f"every {frequency}"]
+        row: dict[str, float] = {"update_frequency": frequency}
+        for index, kind in enumerate(("wall", "cpu")):
+            row[f"{kind}_step_s"] = median([t[index] for t in times])
+            row[f"{kind}_ratio"] = median([t[index] / d[index] for t, d in zip(times, dense, strict=True)])
+        rows.append(row)
     result = {
         "setup": f"MiniLM-sized BERT, batch {BATCH}, seq {SEQ}, AdamW, encoder Linear weights pruned 50% -> 90%",
+        "threads": args.threads,
         "rounds": args.rounds,
         "steps_per_fit": args.steps,
-        "dense_step_s": median(dense),
+        "dense_cpu_step_s": median([c for _, c in dense]),
+        "dense_wall_step_s": median([w for w, _ in dense]),
         "rows": rows,
         "raw": figures,
     }
-    print(f"dense step: {median(dense):.3f} s")
+    print(f"dense step: {result['dense_cpu_step_s']:.3f} CPU s, {result['dense_wall_step_s']:.3f} wall s")
     print(
         table(
-            ["update every (steps)", "step with callback (s)", "ratio to dense"],
-            [[r["update_frequency"], r["step_s"], r["ratio"]] for r in rows],
+            ["update every (steps)", "CPU s per step", "CPU ratio to dense", "wall s per step", "wall ratio"],
+            [[r["update_frequency"], r["cpu_step_s"], r["cpu_ratio"], r["wall_step_s"], r["wall_ratio"]] for r in rows],
         )
     )
     save("step_time", result)
