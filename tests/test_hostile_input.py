@@ -79,7 +79,7 @@ def resume_with(saved: list[Pruner], resumed: list[Pruner], tmp_path: Path) -> N
     trainer.fit(TinyBert(), toy_loader(size=16))
     trainer.save_checkpoint(tmp_path / "run.ckpt")
     resumer = make_trainer(max_epochs=2, callbacks=[PruningCallback(resumed)])
-    resumer.fit(TinyBert(), toy_loader(size=16), ckpt_path=tmp_path / "run.ckpt")
+    resumer.fit(TinyBert(), toy_loader(size=16), ckpt_path=tmp_path / "run.ckpt", weights_only=True)
 
 
 def from_yaml(text: str) -> PruningCallback:

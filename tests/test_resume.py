@@ -75,7 +75,7 @@ def fit(
     module = make_module(prune_type)
     pruning = PruningCallback([Pruner(**PRUNERS[prune_type])])
     trainer = make_trainer(max_epochs=EPOCHS, callbacks=[pruning, *callbacks], enable_checkpointing=bool(callbacks))
-    trainer.fit(module, train_dataloaders=position_loader(), ckpt_path=ckpt_path)
+    trainer.fit(module, train_dataloaders=position_loader(), ckpt_path=ckpt_path, weights_only=True)
     return module, pruning
 
 
