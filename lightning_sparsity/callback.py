@@ -219,7 +219,7 @@ class PruningCallback(Callback):
 
     @override
     def state_dict(self) -> dict[str, Any]:
-        if not self.sparsifiers and self._restored is not None:
+        if self._restored is not None:  # restored but not applied yet (e.g. training skipped): still the run's state
             return self._restored
         return {
             "format": _STATE_FORMAT,

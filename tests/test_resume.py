@@ -177,3 +177,16 @@ def test_pruned_checkpoint_loads_into_the_plain_model_without_extra_keys(tmp_pat
         weight = plain.get_parameter(name)
         assert torch.equal(weight, module.get_parameter(name))
         assert int((weight == 0).sum()) == int((~mask).sum())
+
+
+def test_resuming_a_finished_run_keeps_its_masks_in_new_checkpoints(tmp_path: Path) -> None:
+    """Training is skipped when the checkpoint already reached max_epochs; a checkpoint saved then keeps the masks."""
+    module, pruning = fit("BasicMagnitude", callbacks=[ModelCheckpoint(tmp_path, filename="done")])
+    trainer = make_trainer(max_epochs=EPOCHS, callbacks=[PruningCallback([Pruner(**PRUNERS["BasicMagnitude"])])])
+    trainer.fit(make_module("BasicMagnitude"), position_loader(), ckpt_path=tmp_path / "done.ckpt", weights_only=True)
+    trainer.save_checkpoint(tmp_path / "again.ckpt")
+
+    saved = torch.load(tmp_path / "again.ckpt", weights_only=True)["callbacks"]["PruningCallback"]["states"][0]["masks"]
+    assert saved.keys() == masks_of(pruning).keys()
+    for name, mask in masks_of(pruning).items():
+        assert torch.equal(saved[name], mask)
