@@ -181,6 +181,8 @@ def test_excluded_op_names_and_empty_op_names():
         ({"pruning_type": "random"}, "pruning_type='random' is not valid"),
         ({"pattern": "4x0"}, 'use "NxM"'),
         ({"pattern": "3:2"}, 'use "NxM"'),
+        ({"pattern": "channel"}, 'use "NxM"'),
+        ({"pattern": 4}, 'use "NxM"'),
         ({"pattern": "head_mha"}, "mha"),
         ({"pruning_op_types": ["Linear"]}, "pruning_op_types=['Linear'] is not supported"),
         ({"min_sparsity_ratio_per_op": 0.5, "max_sparsity_ratio_per_op": 0.4}, "must be <= max_sparsity_ratio_per_op"),
@@ -304,7 +306,7 @@ def test_channel_pattern_with_global_scope_trains_under_the_layer_bounds():
 
 
 INC_SCRIPT = """
-import json, sys, torch
+import copy, json, sys, torch
 from transformers import BertConfig, BertForSequenceClassification
 from neural_compressor.training import prepare_compression
 from neural_compressor.config import WeightPruningConfig
@@ -314,8 +316,10 @@ for settings in configs:
     torch.manual_seed(0)
     model = BertForSequenceClassification(BertConfig(**bert))
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
-    # a fresh pruning_configs list: INC writes the settings into its shared default one
-    manager = prepare_compression(model, WeightPruningConfig(pruning_configs=[{}], **settings))
+    # fresh lists: INC writes into its shared default ones (settings, and the classifier's name)
+    config = WeightPruningConfig(pruning_configs=[{}], op_names=[], excluded_op_names=[], **settings)
+    attributes = copy.deepcopy({"pruning_configs": config.pruning_configs, **config.weight_compression})
+    manager = prepare_compression(model, config)
     manager.callbacks.on_train_begin()
     generator = torch.Generator().manual_seed(0)
     for step in range(16):
@@ -328,8 +332,9 @@ for settings in configs:
         optimizer.zero_grad()
         manager.callbacks.on_step_end()
     manager.callbacks.on_train_end()
-    results.append({f"model.{n}.weight": (m.weight == 0).int().tolist() for n, m in model.named_modules()
-                    if isinstance(m, torch.nn.Linear) and bool((m.weight == 0).any())})
+    zeros = {f"model.{n}.weight": (m.weight == 0).int().tolist() for n, m in model.named_modules()
+             if isinstance(m, torch.nn.Linear) and bool((m.weight == 0).any())}
+    results.append({"attributes": attributes, "zeros": zeros})
 print(json.dumps(results))
 """
 
@@ -379,10 +384,12 @@ def test_same_config_through_inc_prunes_the_same_layers_to_the_same_pattern_and_
     argument = json.dumps([bert, [{**config, **ramp} for config in EQUIVALENCE_CONFIGS]])
     result = subprocess.run([INC_PYTHON, "-c", INC_SCRIPT, argument], capture_output=True, text=True, check=True)
     inc_runs = json.loads(result.stdout.strip().splitlines()[-1])
-    for config, inc_zeros in zip(EQUIVALENCE_CONFIGS, inc_runs, strict=True):
-        _, callback = fit(pruners_from_inc({**config, **ramp}))
+    for config, inc_run in zip(EQUIVALENCE_CONFIGS, inc_runs, strict=True):
+        pruners = pruners_from_inc({**config, **ramp})
+        assert pruners_from_inc(WeightPruningConfig(**inc_run["attributes"])) == pruners  # INC's object reads the same
+        _, callback = fit(pruners)
         ours = {n: w == 0 for s in callback.sparsifiers for n, w in s.weights.items()}
-        theirs = {n: torch.tensor(z, dtype=torch.bool) for n, z in inc_zeros.items()}
+        theirs = {n: torch.tensor(z, dtype=torch.bool) for n, z in inc_run["zeros"].items()}
         assert set(ours) == set(theirs), config  # the same layers, the classifier head left out by both
         highest = config.get("max_sparsity_ratio_per_op", 0.98)
         for name in ours:

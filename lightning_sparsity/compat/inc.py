@@ -186,8 +186,10 @@ def _pattern(value: Any, where: str) -> str:
     if isinstance(pattern, str) and "mha" in pattern:
         raise ValueError(f"{where}.pattern={value!r}: multi-head-attention pruning (mha) is not supported")
     try:
+        if not ("x" in pattern or ":" in pattern):  # INC's own test; keeps the engine's "head"/"channel" out
+            raise ValueError(pattern)
         parse_pattern(pattern)
-    except ValueError:
+    except (ValueError, TypeError):
         raise ValueError(
             f'{where}.pattern={value!r} is not valid; use "NxM" (e.g. "4x1"), "channelx1", "1xchannel" or '
             '"N:M" (e.g. "2:4") with 1 <= N < M'
