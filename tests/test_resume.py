@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -11,6 +12,7 @@ import torch
 from helpers import TinyBert, make_trainer, toy_dataset, toy_loader
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from torch.utils.data import DataLoader
+from typing_extensions import override
 
 from lightning_sparsity import Pruner, PruningCallback
 
@@ -18,7 +20,7 @@ pytestmark = pytest.mark.filterwarnings("ignore:.*resuming from a checkpoint tha
 
 STEPS_PER_EPOCH = 8
 EPOCHS = 3
-MID_EPOCH_STEP = 11  # the fourth optimizer step of epoch 1
+MID_EPOCH_STEP = 11  # saved after the third of epoch 1's eight optimizer steps
 
 #: One pruner per prune type, mixing epoch- and step-counted ramps so that checkpoints fall between updates.
 PRUNERS: dict[str, dict[str, Any]] = {
@@ -33,7 +35,7 @@ PRUNERS: dict[str, dict[str, Any]] = {
 
 
 class PositionIndexedBert(TinyBert):
-    """TinyBert that reads batch ``(epoch, batch_idx)`` of a fixed dataset, ignoring what the loader yields.
+    """TinyBert that trains on batch ``batch_idx`` of a fixed dataset, ignoring what the loader yields.
 
     Lightning restarts a plain DataLoader from the start of the epoch on a mid-epoch resume; indexing the data
     by the loop position (which Lightning does restore) makes the resumed run see the uninterrupted run's batches.
@@ -70,7 +72,7 @@ def masks_of(callback: PruningCallback) -> dict[str, torch.Tensor]:
 
 
 def fit(
-    prune_type: str, ckpt_path: Path | None = None, callbacks: list[Callback] = ()
+    prune_type: str, ckpt_path: Path | None = None, callbacks: Sequence[Callback] = ()
 ) -> tuple[pl.LightningModule, PruningCallback]:
     module = make_module(prune_type)
     pruning = PruningCallback([Pruner(**PRUNERS[prune_type])])
@@ -97,12 +99,13 @@ def test_resume_from_epoch_end_and_mid_epoch_matches_uninterrupted_run(prune_typ
 
 
 class ZeroChecker(Callback):
-    """Counts the pruned weights that are not exactly zero at every forward pass, after PruningCallback's hooks."""
+    """Asserts before every forward pass of the last epoch (after the ramp) that pruned weights are exactly zero."""
 
     def __init__(self, pruning: PruningCallback) -> None:
         self.pruning = pruning
         self.checked_steps = 0
 
+    @override
     def on_train_batch_start(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int
     ) -> None:
