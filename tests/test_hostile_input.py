@@ -1,8 +1,8 @@
 """Invalid configurations and situations: each fails (or warns) with a message that names the culprit and the fix.
 
 One table drives one test. Every row builds something wrong and gives the error (or warning) type and a regular
-expression its message must contain. Rows that need a model fail in ``setup``, before the first optimizer step, and
-the test checks that no weight changed.
+expression its message must contain. Rows that fit a model fail before the first optimizer step (most in ``setup``),
+and the test checks that no weight changed.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ import lightning.pytorch as pl
 import pytest
 import torch
 from helpers import TinyBert, make_trainer, toy_loader
-from jsonargparse import ArgumentParser
+from jsonargparse import ArgumentError, ArgumentParser
 from lightning.pytorch.strategies import FSDPStrategy, Strategy
 from torch import nn
 
@@ -164,10 +164,10 @@ CASES: list[tuple[str, Callable[[Path], Any], type[BaseException], str]] = [
     (
         "YAML unknown Pruner key",
         lambda _: from_yaml("pruning:\n  pruners:\n  - target_sparsity: 0.5\n"),
-        Exception,
+        ArgumentError,
         r"'target_sparsity' is not accepted",
     ),
-    ("YAML unknown callback key", lambda _: from_yaml("pruning:\n  pruner: []\n"), Exception, r"option 'pruner'"),
+    ("YAML unknown callback key", lambda _: from_yaml("pruning:\n  pruner: []\n"), ArgumentError, r"option 'pruner'"),
     (
         "YAML out-of-range value",
         lambda _: from_yaml("pruning:\n  pruners:\n  - target_sparsity_ratio: 1.5\n"),
