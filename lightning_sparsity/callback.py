@@ -151,7 +151,7 @@ class PruningCallback(Callback):
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._warn_if_step_ramp_outlasts_epochs(trainer)
         if self._restored is not None:
-            for sparsifier, state in zip(self.sparsifiers, self._restored["states"]):
+            for sparsifier, state in zip(self.sparsifiers, self._restored["states"], strict=True):
                 sparsifier.load_state_dict(state)
             self._restored = None
         for sparsifier in self.sparsifiers:
@@ -248,7 +248,7 @@ class PruningCallback(Callback):
 def _describe_difference(saved: list[dict], current: list[dict]) -> str:
     if len(saved) != len(current):
         return f"the checkpoint has {len(saved)} pruners, this callback {len(current)}"
-    for index, (old, new) in enumerate(zip(saved, current)):
+    for index, (old, new) in enumerate(zip(saved, current, strict=True)):
         for key in new:
             if old.get(key) != new[key]:
                 return f"pruners[{index}].{key} was {old.get(key)!r} and is now {new[key]!r}"
