@@ -232,6 +232,8 @@ def test_global_layer_bounds_are_exact_and_pick_the_lowest_feasible_scores():
     assert torch.equal(keeps[1], large > large.flatten().kthvalue(30).values)  # its 30 lowest
     keeps = pattern_masks([small, large], 0.5, parse_pattern("1x1"), scope="global", layer_bounds=(0.4, 1.0))
     assert [int((~k).sum()) for k in keeps] == [60, 40]
+    keeps = pattern_masks([small, large], 0.29, parse_pattern("1x1"), scope="global", layer_bounds=(0.0, 0.29))
+    assert [int((~k).sum()) for k in keeps] == [29, 29]  # 0.29 * 100 is 28.999... in floating point
     # before the ramp reaches the minimum, the minimum follows the scheduled ratio
     keeps = pattern_masks([small, large], 0.1, parse_pattern("1x1"), scope="global", layer_bounds=(0.4, 1.0))
     assert [int((~k).sum()) for k in keeps] == [10, 10]

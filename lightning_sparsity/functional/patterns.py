@@ -179,22 +179,27 @@ def pattern_masks(
 
 
 def _bounded_global_mask(units: Sequence[Tensor], sparsity: float, low: float, high: float) -> list[Tensor]:
-    """The globally lowest units, each tensor losing between ``ceil(low * n)`` and ``floor(high * n)``.
+    """The globally lowest units, each tensor losing between ``floor(low * n)`` and ``floor(high * n)``.
 
     Each tensor's mandatory units score ``-inf`` and those past its cap ``+inf``, so one exact selection
-    takes the best feasible set (the total is clamped to what the limits allow).
+    takes the best feasible set; the total is ``round(sparsity * units)`` whenever the limits allow it.
     """
     limited = []
     least = most = 0
     for unit in units:
-        cap = math.floor(high * unit.numel())
-        floor = min(math.ceil(low * unit.numel()), cap)
+        cap = _whole_units(high, unit.numel())
+        floor = min(_whole_units(low, unit.numel()), cap)
         allowed = ~smallest_k_mask([unit], cap)[0]
         required = ~smallest_k_mask([unit], floor)[0]
         limited.append(unit.masked_fill(~allowed, float("inf")).masked_fill(required, float("-inf")))
         least, most = least + floor, most + cap
     k = round(sparsity * sum(u.numel() for u in units))
     return smallest_k_mask(limited, min(max(k, least), most))
+
+
+def _whole_units(ratio: float, count: int) -> int:
+    """``floor(ratio * count)``, immune to float error such as ``0.29 * 100 = 28.999...``."""
+    return math.floor(ratio * count + 1e-9)
 
 
 def _per_row_mask(units: Tensor, k: int) -> Tensor:
