@@ -28,7 +28,7 @@ from benchmarks.common import ROOT, SST2Classifier, median, minilm_dir, ramp_end
 from lightning_sparsity import Pruner, PruningCallback
 
 SPARSITIES = (0.8, 0.9)
-FULL = dict(train_size=4096, val_size=872, test_size=None, seq_len=64, batch_size=32, chunks=8, ramp_chunks=6)
+FULL = dict(train_size=1024, val_size=500, test_size=None, seq_len=48, batch_size=32, chunks=4, ramp_chunks=3)
 SMOKE = dict(train_size=64, val_size=32, test_size=32, seq_len=32, batch_size=8, chunks=4, ramp_chunks=3)
 INC_PYTHON = Path(os.environ.get("INC_VENV", "/work/inc-venv")) / "bin" / "python"
 

@@ -104,7 +104,7 @@ class Sparsifier:
                 keeps = pattern_masks(list(scores), *settings)
             else:  # tensor by tensor, so that one score tensor is alive at a time
                 keeps = [pattern_masks([tensor_scores], *settings)[0] for tensor_scores in scores]
-            self.masks = dict(zip(self.weights, keeps))
+            self.masks = dict(zip(self.weights, keeps, strict=True))
         self.current_target = sparsity
         self.apply_masks()
 
@@ -114,10 +114,11 @@ class Sparsifier:
 
         Pruned weights become +0.0 (``mul_`` alone leaves -0.0 for negative weights, which compressed
         checkpoints would then store as values to stay bit-exact; adding 0.0 turns -0.0 into +0.0 and
-        changes nothing else). ``mul_`` + ``add_`` is several times faster than ``masked_fill_`` on CPU.
+        changes nothing else). ``mul_`` by the mask's uint8 view + ``add_`` is several times faster than
+        ``masked_fill_`` on CPU.
         """
         for name, mask in self.masks.items():
-            self.weights[name].mul_(mask).add_(0.0)
+            self.weights[name].mul_(mask.view(torch.uint8)).add_(0.0)
 
     @torch.no_grad()
     def before_optimizer_step(self) -> None:
@@ -155,8 +156,9 @@ class Sparsifier:
         mask = self.masks.get(name)
         if mask is None:
             return magnitude_scores(weight).float() if stored is None else stored.clone()
-        scores = magnitude_scores(weight).float().mul_(mask) if stored is None else stored * mask
-        return scores.add_(mask.logical_not(), alpha=-1.0)
+        keep = mask.view(torch.uint8)  # multiplies faster than bool
+        scores = magnitude_scores(weight).float().mul_(keep) if stored is None else stored * keep
+        return scores.add_(mask.logical_not().view(torch.uint8), alpha=-1.0)
 
     def mask_sparsity(self) -> float:
         """Fraction of masked-out weights (0 before the first update), counted once per new set of masks."""
