@@ -4,7 +4,7 @@ VENV ?= .venv
 PYTHON := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: setup demo test lint docs
+.PHONY: setup demo test lint docs bench
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(PYTHON) || python3 -m venv $(VENV)
@@ -22,6 +22,14 @@ test: setup
 
 lint: setup
 	$(VENV)/bin/ruff check lightning_sparsity tests
+
+# quick benchmarks (< 10 min on an idle 2-core CPU), regenerating docs/benchmarks.md; the SST-2 accuracy
+# study is `$(PYTHON) -m benchmarks.accuracy --full` (tens of minutes; INC from /work/inc-venv when present)
+bench: setup
+	$(PYTHON) -m benchmarks.step_time --rounds 2 --steps 5 --frequencies 1 10
+	$(PYTHON) -m benchmarks.mask_update --rounds 1
+	$(PYTHON) -m benchmarks.memory
+	$(PYTHON) -m benchmarks.accuracy
 
 # the documentation site (MkDocs + Material + mkdocstrings) into site/; --strict fails on broken references
 $(VENV)/.installed-docs: $(STAMP)
