@@ -21,15 +21,6 @@ from lightning_sparsity.training_args import optimizer_and_scheduler, trainer_se
 QUIET = {"logger": False, "enable_progress_bar": False, "enable_model_summary": False}
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models train far faster on one thread than on threads that contend for a busy CPU."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def token_dataset(size: int, seed: int) -> datasets.Dataset:
     """The toy task as a datasets.Dataset of token ids, with a column the model does not take."""
     input_ids, labels = toy_dataset(size, seed).tensors
