@@ -192,9 +192,10 @@ class Sparsifier:
 
 
 def _grads_finite(weights: Iterable[nn.Parameter]) -> bool:
-    """Whether every gradient present is free of inf and NaN (one synchronisation for all of them)."""
-    checks = [torch.isfinite(w.grad).all() for w in weights if w.grad is not None]
-    return not checks or bool(torch.stack(checks).all())
+    """Whether every gradient present is free of inf and NaN, by their norms: one fast reduction per tensor (far
+    faster on CPU than ``isfinite().all()``) and one synchronisation for all of them."""
+    norms = [torch.linalg.vector_norm(w.grad) for w in weights if w.grad is not None]
+    return not norms or bool(torch.stack(norms).isfinite().all())
 
 
 def _check_weight(name: str, weight: nn.Parameter, pruner: Pruner) -> None:
