@@ -193,7 +193,8 @@ class Sparsifier:
 
 def _grads_finite(weights: Iterable[nn.Parameter]) -> bool:
     """Whether every gradient present is free of inf and NaN, by their norms: one fast reduction per tensor (far
-    faster on CPU than ``isfinite().all()``) and one synchronisation for all of them."""
+    faster on CPU than ``isfinite().all()``) and one synchronisation for all. An fp16 gradient whose norm passes
+    fp16's range counts as an overflow too, as it would for gradient clipping."""
     norms = [torch.linalg.vector_norm(w.grad) for w in weights if w.grad is not None]
     return not norms or bool(torch.stack(norms).isfinite().all())
 
