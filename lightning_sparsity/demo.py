@@ -31,7 +31,7 @@ def main(argv: Optional[list[str]] = None) -> Path:
     parser.add_argument("--output-dir", type=Path, default=Path("outputs/demo"), help="where results are written")
     parser.add_argument("--data-dir", type=Path, default=DATA, help="folder with train/validation/test.tsv")
     parser.add_argument("--target-sparsity", type=float, default=0.8, help="final fraction of zeros, in [0, 1)")
-    parser.add_argument("--dense-steps", type=int, default=125, help="optimizer steps of dense fine-tuning")
+    parser.add_argument("--dense-steps", type=int, default=150, help="optimizer steps of dense fine-tuning")
     parser.add_argument("--prune-steps", type=int, default=150, help="optimizer steps of the pruning ramp")
     parser.add_argument("--recovery-steps", type=int, default=100, help="steps of fine-tuning at the target")
     args = parser.parse_args(argv)
@@ -43,7 +43,7 @@ def main(argv: Optional[list[str]] = None) -> Path:
         validation_file=str(args.data_dir / "validation.tsv"),
         test_file=str(args.data_dir / "test.tsv"),
         max_length=64,
-        batch_size=32,
+        batch_size=16,
         eval_batch_size=64,
     )
     module = TextClassificationModule("all-MiniLM-L6-v2", num_labels=2, learning_rate=1e-4, warmup_ratio=0.1)
@@ -61,6 +61,8 @@ def main(argv: Optional[list[str]] = None) -> Path:
         step_range=[0, args.prune_steps],
         update_frequency=10,
         schedule="cubic",
+        scope="global",
+        max_sparsity_ratio_per_layer=0.95,
         names=[ENCODER_LINEARS],
     )
     pruning = PruningCallback(pruners=[pruner])
@@ -79,7 +81,7 @@ def main(argv: Optional[list[str]] = None) -> Path:
     parameters = list(module.model.parameters())
     summary: dict[str, Any] = {
         "model": "all-MiniLM-L6-v2 (embedded), sequence classification",
-        "data": f"SST-2 slice: {len(data.datasets['train'])} train, {len(data.datasets['test'])} test rows",
+        "data": f"SST-2 slice: {len(data.datasets['train']):,} train, {len(data.datasets['test']):,} test rows",
         "dense test accuracy": dense_accuracy,
         "pruned test accuracy": pruned_accuracy,
         "accuracy change (points)": round(100 * (pruned_accuracy - dense_accuracy), 2),
@@ -107,7 +109,7 @@ def _trainer(max_steps: int, callbacks: list[pl.Callback]) -> pl.Trainer:
         devices=1,
         max_steps=max_steps,
         max_epochs=-1,
-        val_check_interval=25,
+        val_check_interval=50,
         check_val_every_n_epoch=None,
         num_sanity_val_steps=0,
         logger=False,

@@ -108,7 +108,7 @@ def _without_nan(value: Any) -> Any:
 
 def _format(value: Any) -> str:
     if isinstance(value, float):
-        return f"{value:.4f}"
+        return f"{value:.4f}".rstrip("0").rstrip(".")
     if isinstance(value, int) and not isinstance(value, bool):
         return f"{value:,}"
     return str(value)
@@ -169,12 +169,12 @@ def plot_layers(layers: SparsityReport, folder: Path) -> Path:
 
 
 def _short_names(names: list[str]) -> list[str]:
-    """Names without their common dotted prefix."""
+    """Names without their common dotted prefix but its last part (``layer.0.attention...``)."""
     parts = [name.split(".") for name in names]
     common = 0
     while all(len(p) > common + 1 and p[common] == parts[0][common] for p in parts):
         common += 1
-    return [".".join(p[common:]) for p in parts]
+    return [".".join(p[max(common - 1, 0) :]) for p in parts]
 
 
 def _moving_average(values: list[float], window: int) -> list[float]:
