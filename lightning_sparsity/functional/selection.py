@@ -1,11 +1,12 @@
 """Exact selection of the k smallest elements across a list of tensors, without sorting them.
 
 A full sort or ``kthvalue`` over millions of scores at every mask update is the bottleneck of gradual
-pruning. Here a strided sample brackets the k-th value in ``(lo, hi]``; one pass per tensor counts the
-elements at most ``lo`` and gathers the few inside the bracket, and only those are ranked exactly. The
-same counts tell how many elements tie with the threshold, so the masks cost one comparison per element
-(plus a tie-breaking pass only when ties straddle the threshold). The result equals what a full sort
-gives; ties at the threshold are broken by position, so exactly ``k`` elements are chosen.
+pruning. Here a strided sample brackets the k-th value in ``(lo, hi]``; one comparison with ``lo`` per
+element gives the masks and the count below the bracket, one with ``hi`` finds the few elements inside
+it, and only those are ranked exactly and cleared from the masks. Their counts also tell how many
+elements tie with the threshold, so a tie-breaking pass runs only when ties straddle it. The result
+equals what a full sort gives; ties at the threshold are broken by position, so exactly ``k`` elements
+are chosen.
 """
 
 from __future__ import annotations
@@ -27,7 +28,8 @@ def kth_smallest(values: Sequence[Tensor], k: int) -> Tensor:
     total = sum(f.numel() for f in flats)
     if not 1 <= k <= total:
         raise ValueError(f"k must be in [1, {total}], got {k}")
-    return _select(flats, total, k)[0]
+    found = _select_in_bracket(flats, total, k) if total > _SMALL else None
+    return (found or _select_all(flats, k))[0]
 
 
 def smallest_k_mask(values: Sequence[Tensor], k: int) -> list[Tensor]:
@@ -41,35 +43,54 @@ def smallest_k_mask(values: Sequence[Tensor], k: int) -> list[Tensor]:
     total = sum(v.numel() for v in values)
     if k >= total:
         return [torch.zeros_like(v, dtype=torch.bool) for v in values]
-    threshold, at_most = _select([v.reshape(-1) for v in values], total, k)
-    keeps = [v > threshold for v in values]
+    flats = [v.reshape(-1) for v in values]
+    found = _select_in_bracket(flats, total, k) if total > _SMALL else None
+    if found is None:
+        threshold, at_most = _select_all(flats, k)
+        keeps = [flat > threshold for flat in flats]
+    else:
+        threshold, at_most, keeps = found
     surplus = at_most - k  # ties at the threshold beyond k
-    for value, keep in zip(reversed(values), reversed(keeps)):
+    for flat, keep in zip(reversed(flats), reversed(keeps), strict=True):
         if surplus <= 0:
             break
-        tied = (value.reshape(-1) == threshold).nonzero().squeeze(1)
+        tied = (flat == threshold).nonzero().squeeze(1)
         restore = tied[-surplus:]
-        keep.view(-1)[restore] = True
+        keep[restore] = True
         surplus -= restore.numel()
-    return keeps
+    return [keep.view_as(v) for keep, v in zip(keeps, values, strict=True)]
 
 
-def _select(flats: Sequence[Tensor], total: int, k: int) -> tuple[Tensor, int]:
-    """The k-th smallest value and how many elements are at most it."""
-    if total > _SMALL:
-        lo, hi = _bracket(flats, total, k)
-        at_most_lo = 0
-        bands = []
-        for flat in flats:
-            up_to_lo = flat <= lo
-            inside = (flat <= hi).logical_xor_(up_to_lo)  # lo < flat <= hi, as lo <= hi
-            at_most_lo += int(torch.count_nonzero(up_to_lo))
-            bands.append(flat[inside])
-        band = torch.cat(bands)
-        if at_most_lo < k <= at_most_lo + band.numel():
-            threshold = band.kthvalue(k - at_most_lo).values
-            return threshold, at_most_lo + int(torch.count_nonzero(band <= threshold))
-    everything = torch.cat(flats)  # small, or the sample missed: rank everything
+def _select_in_bracket(flats: Sequence[Tensor], total: int, k: int) -> tuple[Tensor, int, list[Tensor]] | None:
+    """The k-th smallest value, how many elements are at most it, and keep-masks pruning all those.
+
+    One comparison with ``lo`` per element gives the masks and the count below the bracket; the elements
+    in ``(lo, hi]`` are gathered, ranked, and those at most the k-th are cleared from the masks in place.
+    None when the sample's bracket missed the k-th value.
+    """
+    lo, hi = _bracket(flats, total, k)
+    keeps, positions = [], []
+    at_most = 0
+    for flat in flats:
+        keep = flat > lo
+        at_most += flat.numel() - int(torch.count_nonzero(keep))
+        positions.append((flat <= hi).logical_and_(keep).nonzero().squeeze(1))
+        keeps.append(keep)
+    bands = [flat.index_select(0, inside) for flat, inside in zip(flats, positions, strict=True)]
+    band = torch.cat(bands)
+    if not at_most < k <= at_most + band.numel():
+        return None
+    threshold = band.kthvalue(k - at_most).values
+    for keep, inside, values in zip(keeps, positions, bands, strict=True):
+        pruned = inside[values <= threshold]
+        keep.index_fill_(0, pruned, False)
+        at_most += pruned.numel()
+    return threshold, at_most, keeps
+
+
+def _select_all(flats: Sequence[Tensor], k: int) -> tuple[Tensor, int]:
+    """The k-th smallest value and how many elements are at most it, ranking everything."""
+    everything = torch.cat(flats)
     threshold = everything.kthvalue(k).values
     return threshold, int(torch.count_nonzero(everything <= threshold))
 
