@@ -142,6 +142,7 @@ def _accuracy() -> str:
         for r in result["runs"]
     ]
     _plot_accuracy(result)
+    goals = "\n".join(_accuracy_goal(result["runs"], target, points) for target, points in ((0.8, 1.5), (0.9, 3.0)))
     return (
         "## SST-2 accuracy of the pretrained MiniLM, pruned\n\n"
         f"One pass over {settings['train_size']} seeded SST-2 training sentences (batch {settings['batch_size']}, "
@@ -153,7 +154,24 @@ def _accuracy() -> str:
             ["system", "target", "measured sparsity", "test acc", "vs dense (points)", "validation acc", "CPU s/step"],
             rows,
         )
-        + "\n\n![accuracy vs sparsity](benchmarks_accuracy.png)\n"
+        + f"\n\n{goals}\n\n![accuracy vs sparsity](benchmarks_accuracy.png)\n"
+    )
+
+
+def _accuracy_goal(runs: list[dict[str, Any]], target: float, points: float) -> str:
+    """Goal: ours within ``points`` of dense at ``target`` and ahead of every peer at the same sparsity."""
+    at_target = [r for r in runs if r["target"] == target]
+    ours = next((r for r in at_target if r["system"] == "ours"), None)
+    if ours is None:
+        return ""
+    peers = [r for r in at_target if r["system"] != "ours"]
+    ahead = all(ours["test_accuracy"] > r["test_accuracy"] for r in peers)
+    close = ours["test_delta_points"] >= -points
+    return (
+        f"- {target:.0%}: ours is {ours['test_delta_points']:+.1f} points from dense (goal: within {points}: "
+        f"{'met' if close else 'missed'}) and {'ahead of' if ahead else 'not ahead of'} "
+        + ", ".join(f"{r['system']} ({r['test_delta_points']:+.1f})" for r in peers)
+        + "."
     )
 
 
