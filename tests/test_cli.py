@@ -12,11 +12,13 @@ import torch
 import yaml
 from fixtures.tiny_text import PAIRS_TSV, save_tiny_model
 from lightning.pytorch.cli import LightningCLI
+from transformers import AutoModelForSequenceClassification
 
 from lightning_sparsity import Pruner, PruningCallback
 from lightning_sparsity.cli import main
-from lightning_sparsity.layers import name_matches
-from lightning_sparsity.text import TextClassificationDataModule, TextClassificationModule
+from lightning_sparsity.layers import name_matches, select_weights
+from lightning_sparsity.sparsifier import Sparsifier
+from lightning_sparsity.text import TextClassificationDataModule, TextClassificationModule, resolve_model_path
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLES = ROOT / "examples" / "configs"
@@ -140,3 +142,17 @@ def test_example_configs_parse_into_valid_pruners(example: Path, capsys: pytest.
     assert config["model"]["model_name_or_path"] == "all-MiniLM-L6-v2"
     for split in ("train", "validation", "test"):
         assert (ROOT / config["data"][f"{split}_file"]).is_file()
+
+
+def test_example_pruners_reach_their_targets_on_the_embedded_minilm() -> None:
+    model = AutoModelForSequenceClassification.from_pretrained(resolve_model_path("all-MiniLM-L6-v2"), num_labels=2)
+    dense = {name: tensor.clone() for name, tensor in model.state_dict().items()}
+    for example in sorted(EXAMPLES.glob("*.yaml")):
+        model.load_state_dict(dense)
+        (settings,) = yaml.safe_load(example.read_text())["trainer"]["callbacks"][0]["init_args"]["pruners"]
+        pruner = Pruner(**settings)
+        weights = select_weights(model, pruner.names, pruner.excluded_names)
+        assert len(weights) == 36, example.name
+        Sparsifier(pruner, weights).update_masks(pruner.target_sparsity_ratio)
+        for name, weight in weights.items():
+            assert float((weight == 0).float().mean()) == pytest.approx(pruner.target_sparsity_ratio, abs=1e-3), name
