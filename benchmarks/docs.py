@@ -25,7 +25,13 @@ python -m benchmarks.accuracy --full     # the SST-2 study; INC runs from /work/
 The scripts use one torch thread by default: this 2-core machine is shared, and 2-thread runs were
 dominated by OpenMP threads waiting for a core held by another process. Figures are given in process
 CPU seconds (what the work costs on an idle core; with one thread this is the step's own time) and in
-wall-clock seconds (which also count the time other processes held the cores).
+wall-clock seconds (which also count the time other processes held the cores). Even CPU seconds
+grow by 10-20% when other jobs share the caches, so compare figures within one table (measured
+side by side), not across tables or days.
+
+The accuracy study is sized to finish on two shared cores: a short fine-tuning budget on a subset of
+SST-2, the same for every system. It ranks the systems under that budget; it does not reproduce the
+published numbers of long fine-tuning runs, where every system loses far less accuracy.
 """
 
 
