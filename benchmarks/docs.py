@@ -36,7 +36,7 @@ published numbers of long fine-tuning runs, where every system loses far less ac
 
 
 def write_docs() -> None:
-    sections = [HEADER, _machine(), _step_time(), _mask_update(), _memory(), _accuracy()]
+    sections = [HEADER, _machine(), _step_time(), _mask_update(), _memory(), _accuracy(), _export()]
     (DOCS / "benchmarks.md").write_text("\n".join(s for s in sections if s) + "\n")
 
 
@@ -128,6 +128,15 @@ def _memory() -> str:
         + table(["system", "bytes per pruned weight, in memory", "bytes per pruned weight, in the checkpoint"], rows)
         + "\n"
     )
+
+
+def _export() -> str:
+    result = load("export")
+    if not result:
+        return ""
+    from benchmarks.bench_export import markdown  # imports the package: main environment only
+
+    return markdown(result) + "\n"
 
 
 def _accuracy() -> str:
