@@ -10,15 +10,17 @@ report. Nothing is downloaded.
 from __future__ import annotations
 
 import argparse
+import statistics
 import time
 from pathlib import Path
 from typing import Any, Optional
 
 import lightning.pytorch as pl
+import torch
 from lightning.pytorch.callbacks import TQDMProgressBar
 
 from lightning_sparsity import Pruner, PruningCallback
-from lightning_sparsity.export import save_sparse
+from lightning_sparsity.export import save_slimmed, save_sparse
 from lightning_sparsity.reporting import TrainingHistory, write_report
 from lightning_sparsity.text import TextClassificationDataModule, TextClassificationModule
 
@@ -34,6 +36,11 @@ def main(argv: Optional[list[str]] = None) -> Path:
     parser.add_argument("--dense-steps", type=int, default=150, help="optimizer steps of dense fine-tuning")
     parser.add_argument("--prune-steps", type=int, default=150, help="optimizer steps of the pruning ramp")
     parser.add_argument("--recovery-steps", type=int, default=100, help="steps of fine-tuning at the target")
+    parser.add_argument(
+        "--structured",
+        action="store_true",
+        help="prune whole attention heads (half) and FFN neurons (the target) instead, and export a slimmed model",
+    )
     args = parser.parse_args(argv)
 
     started = time.perf_counter()
@@ -55,17 +62,7 @@ def main(argv: Optional[list[str]] = None) -> Path:
     dense_accuracy = _test_accuracy(dense_trainer, module, data)
     dense_seconds = time.perf_counter() - started
 
-    pruner = Pruner(
-        prune_type="BasicMagnitude",
-        target_sparsity_ratio=args.target_sparsity,
-        step_range=[0, args.prune_steps],
-        update_frequency=10,
-        schedule="cubic",
-        scope="global",
-        max_sparsity_ratio_per_layer=0.95,
-        names=[ENCODER_LINEARS],
-    )
-    pruning = PruningCallback(pruners=[pruner])
+    pruning = PruningCallback(pruners=_pruners(args))
     print(f"\n== 2/2 pruning to {args.target_sparsity:.0%}: {args.prune_steps} ramp + {args.recovery_steps} steps ==")
     prune_trainer = _trainer(args.prune_steps + args.recovery_steps, [pruning, history])
     prune_trainer.fit(module, data)
@@ -78,6 +75,13 @@ def main(argv: Optional[list[str]] = None) -> Path:
     compressed = args.output_dir / "model.sparse.safetensors"
     save_sparse(module.model, compressed)
     layers = pruning.report()
+    slimmed = {}
+    if args.structured:
+        slim_model = save_slimmed(module.model, args.output_dir / "model-slim")
+        slimmed = {
+            "slimmed parameters (model-slim/)": sum(p.numel() for p in slim_model.parameters()),
+            "slimmed CPU inference speed-up, batch 32 x 64": _speedup(module.model, slim_model),
+        }
     parameters = list(module.model.parameters())
     summary: dict[str, Any] = {
         "model": "all-MiniLM-L6-v2 (embedded), sequence classification",
@@ -92,6 +96,7 @@ def main(argv: Optional[list[str]] = None) -> Path:
         "nonzero parameters": sum(int(p.count_nonzero()) for p in parameters),
         "checkpoint bytes, dense format (model/model.safetensors)": (model_dir / "model.safetensors").stat().st_size,
         "checkpoint bytes, compressed (model.sparse.safetensors)": compressed.stat().st_size,
+        **slimmed,
         "optimizer steps": history.last_step,
         "dense fit + test seconds": round(dense_seconds, 1),
         "total seconds": round(total_seconds, 1),
@@ -101,6 +106,40 @@ def main(argv: Optional[list[str]] = None) -> Path:
     print("\n" + (args.output_dir / "report.md").read_text().split("![")[0].rstrip())
     print(f"\nWrote the pruned model, report.md, report.json and plots to {args.output_dir.resolve()}")
     return args.output_dir
+
+
+def _pruners(args: argparse.Namespace) -> list[Pruner]:
+    schedule: dict[str, Any] = dict(step_range=[0, args.prune_steps], update_frequency=10, schedule="cubic")
+    if args.structured:
+        return [
+            Pruner(pattern="head", target_sparsity_ratio=0.5, **schedule),
+            Pruner(pattern="channel", target_sparsity_ratio=args.target_sparsity, **schedule),
+        ]
+    return [
+        Pruner(
+            target_sparsity_ratio=args.target_sparsity,
+            scope="global",
+            max_sparsity_ratio_per_layer=0.95,
+            names=[ENCODER_LINEARS],
+            **schedule,
+        )
+    ]
+
+
+@torch.inference_mode()
+def _speedup(dense: torch.nn.Module, slimmed: torch.nn.Module, rounds: int = 5) -> float:
+    """Median ratio of dense to slimmed forward time on a random batch, measured alternately."""
+    dense.eval()
+    input_ids = torch.randint(1000, 2000, (32, 64))
+    ratios = []
+    for _ in range(rounds):
+        seconds = []
+        for model in (dense, slimmed):
+            start = time.perf_counter()
+            model(input_ids=input_ids)
+            seconds.append(time.perf_counter() - start)
+        ratios.append(seconds[0] / seconds[1])
+    return round(statistics.median(ratios), 2)
 
 
 def _trainer(max_steps: int, callbacks: list[pl.Callback]) -> pl.Trainer:
