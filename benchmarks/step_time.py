@@ -158,8 +158,8 @@ def main() -> None:
         "threads": args.threads,
         "rounds": args.rounds,
         "steps_per_fit": args.steps,
-        "dense_cpu_step_s": median([c for _, c in dense]),
-        "dense_wall_step_s": median([w for w, _ in dense]),
+        "dense_cpu_step_s": median([d[1] for d in dense]),
+        "dense_wall_step_s": median([d[0] for d in dense]),
         "rows": rows,
         "raw": figures,
     }
