@@ -37,8 +37,6 @@ class SparsityReport(list[LayerSparsity]):
         lines = ["| tensor | shape | sparsity | target | final target |", "| --- | --- | ---: | ---: | ---: |"]
         for row in self:
             shape = "x".join(map(str, row.shape))
-            lines.append(
-                f"| {row.name} | {shape} | {row.sparsity:.4f} | {row.target:.4f} | {row.final_target:.4f} |"
-            )
+            lines.append(f"| {row.name} | {shape} | {row.sparsity:.4f} | {row.target:.4f} | {row.final_target:.4f} |")
         lines.append(f"| **overall** | {sum(r.numel for r in self)} weights | {self.sparsity:.4f} | | |")
         return "\n".join(lines)

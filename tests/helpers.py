@@ -88,7 +88,5 @@ def make_trainer(**overrides: Any) -> pl.Trainer:
 def pruned_weights(module: pl.LightningModule, pattern: str = "encoder") -> dict[str, torch.Tensor]:
     """Linear weights of the encoder, the default-style selection used across tests."""
     return {
-        name: p
-        for name, p in module.named_parameters()
-        if pattern in name and name.endswith("weight") and p.dim() == 2
+        name: p for name, p in module.named_parameters() if pattern in name and name.endswith("weight") and p.dim() == 2
     }

@@ -49,18 +49,28 @@ def assert_reaches_target(callback: PruningCallback, target: float, unit: int = 
 
 
 @pytest.mark.parametrize("prune_type", ["BasicMagnitude", "GroupLasso", "SnipMomentum", "Gradient"])
-@pytest.mark.parametrize(("pattern", "method", "target"), [
-    ("1x1", "per_tensor", 0.8),
-    ("1x1", "per_channel", 0.75),
-    ("4x1", "per_tensor", 0.75),
-    ("1x4", "per_tensor", 0.6),
-    ("2:4", "per_tensor", 0.5),
-])
+@pytest.mark.parametrize(
+    ("pattern", "method", "target"),
+    [
+        ("1x1", "per_tensor", 0.8),
+        ("1x1", "per_channel", 0.75),
+        ("4x1", "per_tensor", 0.75),
+        ("1x4", "per_tensor", 0.6),
+        ("2:4", "per_tensor", 0.5),
+    ],
+)
 def test_every_prune_type_and_pattern_reaches_its_target(prune_type, pattern, method, target):
     if prune_type == "GroupLasso" and pattern == "2:4":
         pytest.skip("GroupLasso takes block patterns only (a ValueError, tested in test_pruner)")
-    pruner = Pruner(prune_type=prune_type, target_sparsity_ratio=target, step_range=[1, 6], update_frequency=2,
-                    pattern=pattern, method=method, names=ENCODER)
+    pruner = Pruner(
+        prune_type=prune_type,
+        target_sparsity_ratio=target,
+        step_range=[1, 6],
+        update_frequency=2,
+        pattern=pattern,
+        method=method,
+        names=ENCODER,
+    )
     _, callback, _ = fit([pruner], max_steps=10)
     pattern_unit = 4 if "x4" in pattern or "4x" in pattern else 1
     assert_reaches_target(callback, target, unit=pattern_unit)
@@ -84,8 +94,14 @@ def test_masks_hold_through_every_optimizer_step_after_the_range():
 
 @pytest.mark.parametrize("schedule", ["linear", "exp", "cos", "cubic"])
 def test_the_ramp_follows_the_schedule_at_its_update_steps(schedule):
-    pruner = Pruner(target_sparsity_ratio=0.8, initial_sparsity_ratio=0.1, step_range=[2, 10], update_frequency=4,
-                    schedule=schedule, names=ENCODER)
+    pruner = Pruner(
+        target_sparsity_ratio=0.8,
+        initial_sparsity_ratio=0.1,
+        step_range=[2, 10],
+        update_frequency=4,
+        schedule=schedule,
+        names=ENCODER,
+    )
     _, callback, probe = fit([pruner], max_steps=12)
     expected_at = {2: 0.0, 6: 0.5, 10: 1.0}
     for row in probe.rows:
@@ -141,8 +157,13 @@ def test_pattern_lock_adds_no_zeros_and_keeps_the_existing_ones():
 
 def test_several_pruners_each_on_their_own_layers():
     attention = Pruner(target_sparsity_ratio=0.5, step_range=[0, 2], names=[r".*attention.*\.weight"])
-    ffn = Pruner(target_sparsity_ratio=0.8, step_range=[1, 3], pattern="4x1",
-                 names=[r".*(intermediate|output)\.dense\.weight"], excluded_names=[r".*attention.*"])
+    ffn = Pruner(
+        target_sparsity_ratio=0.8,
+        step_range=[1, 3],
+        pattern="4x1",
+        names=[r".*(intermediate|output)\.dense\.weight"],
+        excluded_names=[r".*attention.*"],
+    )
     _, callback, _ = fit([attention, ffn], max_steps=4)
     for row in callback.report():
         assert row.final_target == (0.5 if "attention" in row.name else 0.8)
@@ -166,7 +187,9 @@ def test_default_names_select_every_linear_weight_but_the_output_head():
 
 
 def test_names_match_dotted_suffixes():
-    pruner = Pruner(target_sparsity_ratio=0.5, step_range=[0, 1], names=["bert.encoder.layer.0.attention.self.query.weight"])
+    pruner = Pruner(
+        target_sparsity_ratio=0.5, step_range=[0, 1], names=["bert.encoder.layer.0.attention.self.query.weight"]
+    )
     _, callback, _ = fit([pruner], max_steps=1)
     assert [row.name for row in callback.report()] == ["model.bert.encoder.layer.0.attention.self.query.weight"]
 
@@ -176,15 +199,20 @@ class Exploding(TinyBert):
         raise AssertionError("training must not start")
 
 
-@pytest.mark.parametrize(("pruners", "message"), [
-    ([Pruner(names=[r".*nonexistent.*"])], r"names entry '\.\*nonexistent\.\*' matches no prunable weight"),
-    ([Pruner(names=[r".*LayerNorm\.weight"])], r"matches only parameters that are not Linear/Conv weights"),
-    ([Pruner(names=[r".*query\.weight"]), Pruner(names=[r".*layer\.0\..*\.weight"])],
-     r"selected by pruners\[0\] and pruners\[1\]"),
-    ([Pruner(names=[r".*query\.weight"], excluded_names=[r".*query\.weight"])], r"selects no weight"),
-    ([Pruner(pattern="5x1", names=[r".*query\.weight"])], r"pattern='5x1' does not divide weight"),
-    ([Pruner(excluded_names=[r".*typo.*"])], r"excluded_names entry .* matches no prunable weight"),
-])
+@pytest.mark.parametrize(
+    ("pruners", "message"),
+    [
+        ([Pruner(names=[r".*nonexistent.*"])], r"names entry '\.\*nonexistent\.\*' matches no prunable weight"),
+        ([Pruner(names=[r".*LayerNorm\.weight"])], r"matches only parameters that are not Linear/Conv weights"),
+        (
+            [Pruner(names=[r".*query\.weight"]), Pruner(names=[r".*layer\.0\..*\.weight"])],
+            r"selected by pruners\[0\] and pruners\[1\]",
+        ),
+        ([Pruner(names=[r".*query\.weight"], excluded_names=[r".*query\.weight"])], r"selects no weight"),
+        ([Pruner(pattern="5x1", names=[r".*query\.weight"])], r"pattern='5x1' does not divide weight"),
+        ([Pruner(excluded_names=[r".*typo.*"])], r"excluded_names entry .* matches no prunable weight"),
+    ],
+)
 def test_bad_selections_fail_before_the_first_step(pruners, message):
     with pytest.raises(ValueError, match=message):
         make_trainer(callbacks=[PruningCallback(pruners)], max_steps=2).fit(Exploding(), toy_loader())

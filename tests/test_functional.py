@@ -22,7 +22,7 @@ def test_schedules_start_at_initial_end_at_target_and_grow(schedule):
     values = [scheduled_sparsity(p / 20, 0.1, 0.9, schedule) for p in range(21)]
     assert values[0] == pytest.approx(0.1)
     assert values[-1] == 0.9
-    assert all(b >= a for a, b in zip(values, values[1:]))
+    assert all(b >= a for a, b in zip(values, values[1:], strict=False))
 
 
 def test_schedule_shapes():
@@ -93,7 +93,7 @@ def _scores(*shapes):
 def test_unstructured_local_masks_hit_the_ratio_per_tensor():
     scores = _scores((64, 32), (48, 16))
     keeps = pattern_masks(scores, 0.7, parse_pattern("1x1"))
-    for score, keep in zip(scores, keeps):
+    for score, keep in zip(scores, keeps, strict=True):
         assert int((~keep).sum()) == round(0.7 * score.numel())
         assert score[~keep].max() < score[keep].min()
 

@@ -7,6 +7,7 @@ from torch import Tensor
 
 from lightning_sparsity.functional.patterns import as_matrix, block_reduce, expand_blocks
 
+
 def magnitude_scores(weight: Tensor) -> Tensor:
     """``|w|``: small weights matter least (BasicMagnitude, GroupLasso)."""
     return weight.detach().abs()

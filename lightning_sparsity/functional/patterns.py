@@ -175,7 +175,7 @@ def pattern_masks(
         keeps = [_per_row_mask(u, round(min(sparsity, high) * u.shape[1])) for u in units]
     else:
         keeps = [smallest_k_mask([u], round(min(sparsity, high) * u.numel()))[0] for u in units]
-    return [_unit_to_weight_mask(keep, s.shape, pattern) for keep, s in zip(keeps, scores)]
+    return [_unit_to_weight_mask(keep, s.shape, pattern) for keep, s in zip(keeps, scores, strict=True)]
 
 
 def _bounded_global_mask(units: Sequence[Tensor], sparsity: float, low: float, high: float) -> list[Tensor]:
