@@ -18,13 +18,13 @@ import lightning.pytorch as pl
 from lightning.pytorch.callbacks import Callback
 from typing_extensions import override
 
-from benchmarks.common import SST2Classifier, ramp_end, run_sst2
+from benchmarks.common import SCHEDULE, SST2Classifier, ramp_end, run_sst2
 
 os.environ.setdefault("LOGLEVEL", "WARNING")
 
 
 class IncPruning(Callback):
-    """Routes Lightning's hooks to INC's compression callbacks (snip_momentum, global, 1x1)."""
+    """Routes Lightning's hooks to INC's compression callbacks (snip_momentum, global, 1x1, exp decay)."""
 
     def __init__(self, config: Any) -> None:
         self.config = config
@@ -75,6 +75,7 @@ def inc_callbacks(settings: dict[str, Any], sparsity: float) -> list[Callback]:
         start_step=0,
         end_step=ramp_end(settings),
         pruning_frequency=settings["update_frequency"],
+        sparsity_decay_type=SCHEDULE,
     )
     return [IncPruning(config)]
 
