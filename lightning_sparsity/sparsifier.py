@@ -87,12 +87,12 @@ class Sparsifier:
     @torch.no_grad()
     def update_masks(self, sparsity: float) -> None:
         """Recomputes the masks to prune a ``sparsity`` fraction and zeroes the pruned weights."""
-        for name, weight in self.weights.items():
-            if not torch.isfinite(weight).all():  # not weight.sum(): an fp16 sum overflows on finite weights
-                raise FloatingPointError(
-                    f"weight {name!r} holds NaN or infinite values at a pruning mask update; lower the "
-                    "learning rate, enable gradient clipping (Trainer(gradient_clip_val=...)) or use fp32"
-                )
+        if not _all_finite(self.weights.values()):
+            name = next(name for name, weight in self.weights.items() if not _all_finite([weight]))
+            raise FloatingPointError(
+                f"weight {name!r} holds NaN or infinite values at a pruning mask update; lower the "
+                "learning rate, enable gradient clipping (Trainer(gradient_clip_val=...)) or use fp32"
+            )
         scores = (self._scores_for(name, weight) for name, weight in self.weights.items())
         if self.groups:
             named_scores = dict(zip(self.weights, scores, strict=True))
@@ -126,7 +126,8 @@ class Sparsifier:
         prune_type = self.pruner.prune_type
         if prune_type not in ("SnipMomentum", "Gradient", "GroupLasso"):
             return
-        if prune_type != "GroupLasso" and not _grads_finite(self.weights.values()):
+        grads = [w.grad for w in self.weights.values() if w.grad is not None]
+        if prune_type != "GroupLasso" and grads and not _all_finite(grads):
             return  # an fp16 AMP overflow step, which GradScaler skips: its scores would stay inf or NaN for good
         for name, weight in self.weights.items():
             if weight.grad is None:
@@ -191,12 +192,12 @@ class Sparsifier:
         self.scored_steps = int(state["scored_steps"])
 
 
-def _grads_finite(weights: Iterable[nn.Parameter]) -> bool:
-    """Whether every gradient present is free of inf and NaN, by their norms: one fast reduction per tensor (far
-    faster on CPU than ``isfinite().all()``) and one synchronisation for all. An fp16 gradient whose norm passes
-    fp16's range counts as an overflow too, as it would for gradient clipping."""
-    norms = [torch.linalg.vector_norm(w.grad) for w in weights if w.grad is not None]
-    return not norms or bool(torch.stack(norms).isfinite().all())
+def _all_finite(tensors: Iterable[Tensor]) -> bool:
+    """Whether no tensor holds inf or NaN: one min/max pass per tensor (no temporary the size of the tensor,
+    unlike ``isfinite().all()``, which is ten times slower on CPU; unlike a sum, no fp16 overflow) and one
+    synchronisation for all."""
+    extremes = torch.stack([torch.stack(torch.aminmax(t.detach())).float() for t in tensors])
+    return bool(extremes.isfinite().all())
 
 
 def _check_weight(name: str, weight: nn.Parameter, pruner: Pruner) -> None:
