@@ -146,6 +146,7 @@ def _accuracy() -> str:
         return "## SST-2 accuracy\n\nNot run yet: `python -m benchmarks.accuracy --full`.\n"
     settings = result["settings"]
     steps, ramp = settings["train_size"] // settings["batch_size"], ramp_end(settings)
+    schedule, scope = settings.get("schedule", "cubic"), settings.get("scope", "global")  # older results lack both
     rows = [
         [
             r["system"],
@@ -165,7 +166,7 @@ def _accuracy() -> str:
         f"One pass over {settings['train_size']} seeded SST-2 training sentences ({steps} optimizer steps of "
         f"batch {settings['batch_size']}, sequence up to {settings['seq_len']}, AdamW lr {settings['lr']} with "
         f"linear warm-up and decay, {settings['chunks']} short epochs). Every system ramps its sparsity up with "
-        f"the `{settings['schedule']}` schedule, {settings['scope']} scope, over the first {ramp} steps (ours "
+        f"the `{schedule}` schedule, {scope} scope, over the first {ramp} steps (ours "
         f"and INC update masks every {settings['update_frequency']} steps, ModelPruning at each of the first "
         f"{settings['ramp_chunks']} epoch ends), then fine-tunes {steps - ramp} steps at the target; "
         f"validation on {settings['val_size']} validation.tsv sentences, test on test.tsv "
