@@ -186,12 +186,15 @@ def _accuracy_goal(runs: list[dict[str, Any]], target: float, points: float) -> 
     if ours is None:
         return ""
     peers = [r for r in at_target if not r["system"].startswith("ours")]
-    ahead = all(ours["test_accuracy"] > r["test_accuracy"] for r in peers)
     close = ours["test_delta_points"] >= -points
     return (
         f"- {target:.0%}: {ours['system']} is {ours['test_delta_points']:+.1f} points from dense "
-        f"(goal: within {points}: {'met' if close else 'missed'}) and {'ahead of' if ahead else 'not ahead of'} "
-        + ", ".join(f"{r['system']} ({r['test_delta_points']:+.1f})" for r in peers)
+        f"(goal: within {points}: {'met' if close else 'missed'}); beside the peers: "
+        + ", ".join(
+            f"{'ahead of' if ours['test_accuracy'] > r['test_accuracy'] else 'not ahead of'} {r['system']} "
+            f"({r['test_delta_points']:+.1f})"
+            for r in peers
+        )
         + "."
     )
 
