@@ -106,6 +106,33 @@ def run_system(settings: dict[str, Any], system: str, sparsity: float) -> dict[s
     return {"system": system, "target": sparsity, **run_sst2(settings, callbacks)}
 
 
+ACCURACY_HEADER = [
+    "system",
+    "target",
+    "measured sparsity",
+    "test acc",
+    "vs dense (points)",
+    "validation acc",
+    "CPU s/step",
+]
+
+
+def accuracy_rows(runs: list[dict[str, Any]]) -> list[list[Any]]:
+    """One table row per run, in ``ACCURACY_HEADER``'s order."""
+    return [
+        [
+            r["system"],
+            f"{r['target']:.0%}",
+            f"{r['sparsity']:.1%}",
+            r["test_accuracy"],
+            f"{r['test_delta_points']:+.1f}",
+            r["validation_accuracy"],
+            r["seconds_per_step"],
+        ]
+        for r in runs
+    ]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--full", action="store_true", help="the study itself (else a smoke run)")
@@ -137,23 +164,7 @@ def main() -> None:
     for run in runs:
         run["test_delta_points"] = 100 * (run["test_accuracy"] - dense)
         run["seconds_per_step"] = run["train_cpu_s"] / run["steps"]
-    print(
-        table(
-            ["system", "target", "measured sparsity", "test acc", "vs dense (points)", "validation acc", "CPU s/step"],
-            [
-                [
-                    r["system"],
-                    f"{r['target']:.0%}",
-                    f"{r['sparsity']:.1%}",
-                    r["test_accuracy"],
-                    f"{r['test_delta_points']:+.1f}",
-                    r["validation_accuracy"],
-                    r["seconds_per_step"],
-                ]
-                for r in runs
-            ],
-        )
-    )
+    print(table(ACCURACY_HEADER, accuracy_rows(runs)))
     result = {"settings": settings, "dense_cpu_s_per_step": median([runs[0]["seconds_per_step"]]), "runs": runs}
     save("accuracy" if args.full else "accuracy_smoke", result)
 

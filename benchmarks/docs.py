@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
+from benchmarks.accuracy import ACCURACY_HEADER, accuracy_rows
 from benchmarks.common import DOCS, load, ramp_end, table
+from benchmarks.step_time import step_rows
 
 HEADER = """# Benchmarks
 
@@ -64,17 +66,12 @@ def _step_time() -> str:
     goals = {1: 1.10, 10: 1.03}
     rows = [
         [
-            r["update_frequency"],
-            r["cpu_step_s"],
-            r["cpu_ratio"],
-            r["wall_ratio"],
-            r["hook_cpu_s"],
-            r["hook_ratio"],
+            *row,
             f"<= {goals[r['update_frequency']]}: {_goal(r['cpu_ratio'], goals[r['update_frequency']])}"
             if r["update_frequency"] in goals
             else "",
         ]
-        for r in result["rows"]
+        for r, row in zip(result["rows"], step_rows(result["rows"]), strict=True)
     ]
     _plot_step_time(result)
     return (
@@ -147,18 +144,7 @@ def _accuracy() -> str:
     settings = result["settings"]
     steps, ramp = settings["train_size"] // settings["batch_size"], ramp_end(settings)
     schedule, scope = settings.get("schedule", "cubic"), settings.get("scope", "global")  # older results lack both
-    rows = [
-        [
-            r["system"],
-            f"{r['target']:.0%}",
-            f"{r['sparsity']:.1%}",
-            r["test_accuracy"],
-            f"{r['test_delta_points']:+.1f}",
-            r["validation_accuracy"],
-            r["seconds_per_step"],
-        ]
-        for r in result["runs"]
-    ]
+    rows = accuracy_rows(result["runs"])
     _plot_accuracy(result)
     goals = "\n".join(_accuracy_goal(result["runs"], target, points) for target, points in ((0.8, 1.5), (0.9, 3.0)))
     return (
@@ -172,7 +158,7 @@ def _accuracy() -> str:
         f"validation on {settings['val_size']} validation.tsv sentences, test on test.tsv "
         f"(the GLUE dev set); measured {result['machine']['date']}.\n\n"
         + table(
-            ["system", "target", "measured sparsity", "test acc", "vs dense (points)", "validation acc", "CPU s/step"],
+            ACCURACY_HEADER,
             rows,
         )
         + f"\n\n{goals}\n\n![accuracy vs sparsity](benchmarks_accuracy.png)\n"

@@ -124,6 +124,14 @@ def run_fit(
     return (*step_clock.mean_step(), hook_cpu_s)
 
 
+def step_rows(rows: list[dict[str, Any]]) -> list[list[Any]]:
+    """One table row per update frequency: CPU s per step, CPU and wall ratios, the callback's own cost."""
+    return [
+        [r["update_frequency"], r["cpu_step_s"], r["cpu_ratio"], r["wall_ratio"], r["hook_cpu_s"], r["hook_ratio"]]
+        for r in rows
+    ]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=5, help="interleaved rounds (medians over them)")
@@ -167,17 +175,7 @@ def main() -> None:
     print(
         table(
             ["update every", "CPU s/step", "CPU ratio", "wall ratio", "callback CPU s/step", "1 + callback/dense"],
-            [
-                [
-                    r["update_frequency"],
-                    r["cpu_step_s"],
-                    r["cpu_ratio"],
-                    r["wall_ratio"],
-                    r["hook_cpu_s"],
-                    r["hook_ratio"],
-                ]
-                for r in rows
-            ],
+            step_rows(rows),
         )
     )
     save("step_time", result)
