@@ -21,7 +21,8 @@ test: setup
 	$(PYTHON) -m pytest -q
 
 lint: setup
-	$(VENV)/bin/ruff check lightning_sparsity tests
+	$(VENV)/bin/ruff check lightning_sparsity tests benchmarks examples
+	$(VENV)/bin/ruff format --check lightning_sparsity tests benchmarks examples
 
 # quick benchmarks (< 10 min on an idle 2-core CPU), regenerating docs/benchmarks.md; the SST-2 accuracy
 # study is `$(PYTHON) -m benchmarks.accuracy --full` (tens of minutes; INC from /work/inc-venv when present)
