@@ -82,8 +82,9 @@ class PruningCallback(Callback):
                 f"PruningCallback does not support strategy {type(trainer.strategy).__name__}: it shards the weights "
                 'the masks are bound to; use a single device or strategy="ddp" / "ddp_spawn" / "ddp_fork"'
             )
+        parameters = dict(pl_module.named_parameters())
         if self.sparsifiers and all(
-            s.weights[name] is pl_module.get_parameter(name) for s in self.sparsifiers for name in s.weights
+            s.weights[name] is parameters.get(name) for s in self.sparsifiers for name in s.weights
         ):
             return  # a further fit of the same model keeps its masks
         self.sparsifiers = self._bind(pl_module)

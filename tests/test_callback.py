@@ -236,3 +236,15 @@ def test_report_prints_a_table():
     assert text.splitlines()[0].startswith("| tensor | shape | sparsity")
     assert "model.bert.encoder.layer.1.output.dense.weight | 32x64 | 0.5000" in text
     assert callback.report().to_dicts()[0]["sparsity"] == pytest.approx(0.5)
+
+
+def test_a_second_fit_of_another_model_binds_to_that_model():
+    pruner = Pruner(target_sparsity_ratio=0.5, step_range=[0, 1], names=ENCODER)
+    callback = PruningCallback([pruner])
+    make_trainer(callbacks=[callback], max_steps=2).fit(TinyBert(), toy_loader())
+    smaller = TinyBert(num_hidden_layers=1)
+    make_trainer(callbacks=[callback], max_steps=2).fit(smaller, toy_loader())
+    assert [row.name for row in callback.report()] == [
+        n for n, _ in smaller.named_parameters() if "encoder" in n and n.endswith("weight") and "LayerNorm" not in n
+    ]
+    assert all(abs(row.zeros - 0.5 * row.numel) <= 1 for row in callback.report())
