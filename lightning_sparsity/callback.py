@@ -88,7 +88,7 @@ class PruningCallback(Callback):
         ):
             return  # a further fit of the same model keeps its masks
         self.sparsifiers = self._bind(pl_module)
-        self._warn_if_ramp_outlasts(trainer)
+        self._warn_if_epoch_ramp_outlasts(trainer)
         for index, sparsifier in enumerate(self.sparsifiers):
             rank_zero_info(
                 f"PruningCallback: pruner {index} ({sparsifier.pruner.prune_type}, target "
@@ -121,36 +121,40 @@ class PruningCallback(Callback):
             sparsifiers.append(Sparsifier(pruner, weights, groups))
         return sparsifiers
 
-    def _warn_if_ramp_outlasts(self, trainer: pl.Trainer) -> None:
+    def _warn_if_epoch_ramp_outlasts(self, trainer: pl.Trainer) -> None:
+        if trainer.max_epochs is None or trainer.max_epochs < 0:
+            return
         for index, pruner in enumerate(self.pruners):
-            if pruner.step_range is None and trainer.max_epochs is not None and trainer.max_epochs >= 0:
-                if pruner.epoch_range[1] >= trainer.max_epochs and pruner.prune_type != "PatternLock":
+            if pruner.step_range is None and pruner.prune_type != "PatternLock":
+                if pruner.epoch_range[1] >= trainer.max_epochs:
                     rank_zero_warn(
                         f"pruners[{index}].epoch_range={pruner.epoch_range} ends at or after the last epoch "
                         f"(max_epochs={trainer.max_epochs} runs epochs 0..{trainer.max_epochs - 1}); the target is "
                         "reached at the start of the range's last epoch, so it will not be reached: lower epoch_range "
                         "or raise max_epochs"
                     )
-            elif pruner.step_range is not None and trainer.max_steps >= 0 and pruner.step_range[1] > trainer.max_steps:
-                rank_zero_warn(
-                    f"pruners[{index}].step_range={pruner.step_range} ends after max_steps={trainer.max_steps}; "
-                    "the target will not be reached: lower step_range or raise max_steps"
-                )
 
-    def _warn_if_step_ramp_outlasts_epochs(self, trainer: pl.Trainer) -> None:
-        """Without max_steps, the run's length in steps is only known once the data is loaded."""
-        steps = trainer.estimated_stepping_batches
+    def _warn_if_step_ramp_outlasts(self, trainer: pl.Trainer) -> None:
+        """Step ramps against the run's last optimizer step, known once the data is loaded."""
+        if trainer.max_steps >= 0:
+            last, where, fix = trainer.max_steps, f"max_steps={trainer.max_steps}", "max_steps"
+        else:
+            last = trainer.estimated_stepping_batches
+            where = (
+                f"the run's last optimizer step ({last:g}: max_epochs={trainer.max_epochs} of "
+                f"{trainer.num_training_batches} batches)"
+            )
+            fix = "max_epochs"
         for index, pruner in enumerate(self.pruners):
-            if pruner.step_range is not None and trainer.max_steps < 0 and pruner.step_range[1] > steps:
+            if pruner.step_range is not None and pruner.step_range[1] > last:
                 rank_zero_warn(
-                    f"pruners[{index}].step_range={pruner.step_range} ends after the run's last optimizer step "
-                    f"({steps:g}: max_epochs={trainer.max_epochs} of {trainer.num_training_batches} batches); the "
-                    "target will not be reached: lower step_range or raise max_epochs"
+                    f"pruners[{index}].step_range={pruner.step_range} ends after {where}; the target will not be "
+                    f"reached: lower step_range or raise {fix}"
                 )
 
     @override
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        self._warn_if_step_ramp_outlasts_epochs(trainer)
+        self._warn_if_step_ramp_outlasts(trainer)
         if self._restored is not None:
             for sparsifier, state in zip(self.sparsifiers, self._restored["states"], strict=True):
                 sparsifier.load_state_dict(state)

@@ -126,9 +126,10 @@ class Sparsifier:
         prune_type = self.pruner.prune_type
         if prune_type not in ("SnipMomentum", "Gradient", "GroupLasso"):
             return
-        grads = [w.grad for w in self.weights.values() if w.grad is not None]
-        if prune_type != "GroupLasso" and grads and not _all_finite(grads):
-            return  # an fp16 AMP overflow step, which GradScaler skips: its scores would stay inf or NaN for good
+        if prune_type != "GroupLasso":
+            grads = [w.grad for w in self.weights.values() if w.grad is not None]
+            if grads and not _all_finite(grads):
+                return  # an fp16 AMP overflow step, which GradScaler skips: its scores would stay inf or NaN for good
         for name, weight in self.weights.items():
             if weight.grad is None:
                 continue

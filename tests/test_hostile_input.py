@@ -220,7 +220,7 @@ CASES: list[tuple[str, Callable[[Path], Any], type[BaseException], str]] = [
         r"'model.bert.*query.weight' is frozen",
     ),
     ("FSDP", lambda _: setup_under(FSDPStrategy()), ValueError, r"does not support strategy .*FSDPStrategy.*ddp"),
-    # Schedules that cannot finish: a warning at setup.
+    # Schedules that cannot finish: a warning before the first step.
     (
         "epoch_range past max_epochs",
         lambda _: fit(Pruner(epoch_range=[0, 3]), max_epochs=2),
