@@ -19,7 +19,8 @@ from lightning_sparsity.report import LayerSparsity, SparsityReport
 from lightning_sparsity.sparsifier import Sparsifier
 from lightning_sparsity.structure import structured_groups
 
-_STATE_FORMAT = 1
+_STATE_FORMAT = 2  # 2: masks packed 8 to a byte; 1: boolean masks, still read
+_READABLE_FORMATS = (1, 2)
 #: Strategies that shard or re-create the weights, so masks bound at ``setup`` would miss them.
 _SHARDING_STRATEGIES = (FSDPStrategy, DeepSpeedStrategy, ModelParallelStrategy)
 
@@ -234,9 +235,9 @@ class PruningCallback(Callback):
 
     @override
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        if state_dict.get("format") != _STATE_FORMAT:
+        if state_dict.get("format") not in _READABLE_FORMATS:
             raise ValueError(
-                f"PruningCallback state has format {state_dict.get('format')!r}, expected {_STATE_FORMAT}: "
+                f"PruningCallback state has format {state_dict.get('format')!r}, expected one of {_READABLE_FORMATS}: "
                 "the checkpoint was written by another version of lightning-sparsity"
             )
         saved = state_dict["pruners"]

@@ -8,6 +8,7 @@ from typing import Any, Optional
 import torch
 from torch import Tensor, nn
 
+from lightning_sparsity.functional.bits import pack_bits, unpack_bits
 from lightning_sparsity.functional.criteria import (
     gradient_scores_,
     group_lasso_grad_,
@@ -170,8 +171,9 @@ class Sparsifier:
         return self._pruned / self.numel
 
     def state_dict(self) -> dict[str, Any]:
+        """Masks packed 8 to a byte (uint8), scores as they are, and the schedule position."""
         return {
-            "masks": dict(self.masks),
+            "masks": {name: pack_bits(mask) for name, mask in self.masks.items()},
             "scores": dict(self.scores),
             "last_update": self.last_update,
             "current_target": self.current_target,
@@ -186,11 +188,17 @@ class Sparsifier:
                     f"the checkpoint's pruning {kind} name weights this pruner does not select: {sorted(unknown)}; "
                     "resume with the pruning configuration that wrote the checkpoint"
                 )
-        self.masks = {n: m.to(self.weights[n].device) for n, m in state["masks"].items()}
+        self.masks = {n: _unpacked(m, self.weights[n]) for n, m in state["masks"].items()}
         self.scores = {n: s.to(self.weights[n].device) for n, s in state["scores"].items()}
         self.last_update = state["last_update"]
         self.current_target = float(state["current_target"])
         self.scored_steps = int(state["scored_steps"])
+
+
+def _unpacked(mask: Tensor, weight: Tensor) -> Tensor:
+    """A checkpoint's mask for ``weight``: packed bits, or a boolean tensor (state format 1)."""
+    mask = mask.to(weight.device)
+    return mask if mask.dtype == torch.bool else unpack_bits(mask, weight.shape)
 
 
 def _all_finite(tensors: Iterable[Tensor]) -> bool:

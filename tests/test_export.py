@@ -34,7 +34,7 @@ from lightning_sparsity.export import (
     to_dense,
     to_semi_structured,
 )
-from lightning_sparsity.export.sparse_io import pack_bits, unpack_bits
+from lightning_sparsity.functional.bits import pack_bits, unpack_bits
 from lightning_sparsity.sparsifier import Sparsifier
 from lightning_sparsity.structure import transformer_layers
 

@@ -15,6 +15,7 @@ from torch.utils.data import DataLoader
 from typing_extensions import override
 
 from lightning_sparsity import Pruner, PruningCallback
+from lightning_sparsity.functional.bits import unpack_bits
 
 pytestmark = pytest.mark.filterwarnings("ignore:.*resuming from a checkpoint that ended before the epoch ended.*")
 
@@ -192,4 +193,41 @@ def test_resuming_a_finished_run_keeps_its_masks_in_new_checkpoints(tmp_path: Pa
     saved = torch.load(tmp_path / "again.ckpt", weights_only=True)["callbacks"]["PruningCallback"]["states"][0]["masks"]
     assert saved.keys() == masks_of(pruning).keys()
     for name, mask in masks_of(pruning).items():
-        assert torch.equal(saved[name], mask)
+        assert torch.equal(unpack_bits(saved[name], mask.shape), mask)
+
+
+def test_checkpoints_hold_masks_packed_eight_to_a_byte(tmp_path: Path) -> None:
+    _, pruning = fit("SnipMomentum", callbacks=[ModelCheckpoint(tmp_path, filename="run")])
+    state = torch.load(tmp_path / "run.ckpt", weights_only=True)["callbacks"]["PruningCallback"]
+    assert state["format"] == 2
+    for name, mask in masks_of(pruning).items():
+        packed = state["states"][0]["masks"][name]
+        assert packed.dtype == torch.uint8 and packed.numel() == -(-mask.numel() // 8)
+        assert torch.equal(unpack_bits(packed, mask.shape), mask)
+
+
+def test_state_format_1_with_boolean_masks_still_resumes(tmp_path: Path) -> None:
+    """Checkpoints written before masks were packed (format 1: boolean masks) resume exactly."""
+    mid_epoch = ModelCheckpoint(tmp_path, filename="mid", every_n_train_steps=MID_EPOCH_STEP)
+    full_module, full_pruning = fit("SnipMomentum", callbacks=[mid_epoch])
+    checkpoint = torch.load(tmp_path / "mid.ckpt", weights_only=True)
+    state = checkpoint["callbacks"]["PruningCallback"]
+    state["format"] = 1
+    for name, weight in full_module.named_parameters():
+        if name in state["states"][0]["masks"]:
+            state["states"][0]["masks"][name] = unpack_bits(state["states"][0]["masks"][name], weight.shape)
+    torch.save(checkpoint, tmp_path / "format1.ckpt")
+
+    module, pruning = fit("SnipMomentum", ckpt_path=tmp_path / "format1.ckpt")
+    assert masks_of(pruning).keys() == masks_of(full_pruning).keys()
+    for name, mask in masks_of(full_pruning).items():
+        assert torch.equal(masks_of(pruning)[name], mask)
+    for name, value in module.state_dict().items():
+        assert torch.equal(value, full_module.state_dict()[name])
+
+
+def test_unknown_state_format_is_refused() -> None:
+    pruning = PruningCallback([Pruner(**PRUNERS["SnipMomentum"])])
+    state = {**pruning.state_dict(), "format": 99}
+    with pytest.raises(ValueError, match=r"format 99, expected one of \(1, 2\).*another version"):
+        pruning.load_state_dict(state)

@@ -20,12 +20,12 @@ from torch import Tensor, nn
 from transformers import AutoConfig, PreTrainedModel
 
 from lightning_sparsity.export.slim import build_model
+from lightning_sparsity.functional.bits import pack_bits, unpack_bits
 
 FORMAT = "lightning-sparsity/sparse-v1"
 MASK_PREFIX = "sparse_mask/"
 VALUES_PREFIX = "sparse_values/"
 _BIT_VIEWS = {1: torch.uint8, 2: torch.int16, 4: torch.int32, 8: torch.int64}
-_BIT_WEIGHTS = torch.tensor([128, 64, 32, 16, 8, 4, 2, 1], dtype=torch.uint8)
 
 
 def save_sparse(model_or_state_dict: Union[nn.Module, Mapping[str, Tensor]], path: Union[str, Path]) -> None:
@@ -83,19 +83,6 @@ def load_sparse_model(path: Union[str, Path]) -> PreTrainedModel:
     config_dict = json.loads(metadata["config"])
     config = AutoConfig.for_model(**config_dict)
     return build_model(config, metadata["architecture"], load_sparse(path))
-
-
-def pack_bits(mask: Tensor) -> Tensor:
-    """A boolean tensor as bytes, 8 elements a byte, first element in the highest bit."""
-    flat = mask.reshape(-1).to(torch.uint8)
-    padded = torch.nn.functional.pad(flat, (0, -flat.numel() % 8))
-    return (padded.reshape(-1, 8) * _BIT_WEIGHTS).sum(dim=1, dtype=torch.uint8)
-
-
-def unpack_bits(packed: Tensor, shape: list[int]) -> Tensor:
-    """Inverse of :func:`pack_bits` for a tensor of ``shape``."""
-    bits = packed[:, None].bitwise_and(_BIT_WEIGHTS).ne(0).reshape(-1)
-    return bits[: torch.Size(shape).numel()].reshape(shape)
 
 
 def scatter_nonzero(values: Tensor, nonzero: Tensor) -> Tensor:
