@@ -11,7 +11,7 @@ own virtual environment, skipped when that is absent. Every system runs at each 
 keeps the one with the best accuracy on validation.tsv (its sentences of 10 words or more, closer to the full
 sentences of the test set than its short phrases); test.tsv (the GLUE dev set) is only reported.
 
-    python -m benchmarks.accuracy --full   # the study (tens of minutes on 2 CPU cores)
+    python -m benchmarks.accuracy --full   # the study (about an hour on 2 CPU cores)
     python -m benchmarks.accuracy          # a smoke run on a few examples, to check the pipeline
 """
 
