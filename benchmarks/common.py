@@ -231,7 +231,7 @@ def run_sst2(settings: dict[str, Any], make_callbacks: Callable[[SST2Classifier]
     set_threads(settings["threads"])
     model_dir = settings["model_dir"]
     train = sst2_tensors(model_dir, *read_sst2("train", settings["train_size"]), settings["seq_len"])
-    val_rows = read_sst2("validation", settings["val_size"], min_words=settings.get("val_min_words", 0))
+    val_rows = read_sst2("validation", settings["val_size"], min_words=settings["val_min_words"])
     validation = sst2_tensors(model_dir, *val_rows, settings["seq_len"])
     test = sst2_tensors(model_dir, *read_sst2("test", settings["test_size"]), settings["seq_len"])
     chunks, batch_size = settings["chunks"], settings["batch_size"]

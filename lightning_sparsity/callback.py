@@ -196,13 +196,16 @@ class PruningCallback(Callback):
 
     def mask_sparsity(self) -> float:
         """Overall fraction of masked-out weights across all pruners (cheap: reads the masks only)."""
-        numel = sum(s.numel for s in self.sparsifiers)
-        return sum(s.mask_sparsity() * s.numel for s in self.sparsifiers) / numel if numel else 0.0
+        return self._weighted_by_size([s.mask_sparsity() for s in self.sparsifiers])
 
     def current_target(self) -> float:
         """The current scheduled sparsity, averaged over pruners by their number of weights."""
+        return self._weighted_by_size([s.current_target for s in self.sparsifiers])
+
+    def _weighted_by_size(self, values: list[float]) -> float:
+        """The mean of one value per sparsifier, weighted by how many weights each prunes."""
         numel = sum(s.numel for s in self.sparsifiers)
-        return sum(s.current_target * s.numel for s in self.sparsifiers) / numel if numel else 0.0
+        return sum(v * s.numel for v, s in zip(values, self.sparsifiers, strict=True)) / numel if numel else 0.0
 
     def sparsity(self) -> float:
         """Overall fraction of zeros in the pruned weights, measured on the weights themselves."""

@@ -34,6 +34,7 @@ class Sparsifier:
     ) -> None:
         self.pruner = pruner
         self.weights = weights
+        self.numel = sum(w.numel() for w in weights.values())  # read every step by the logged sparsity
         self.groups = list(groups)
         self.pattern = pruner.parsed_pattern
         self.settings = pruner.algorithm_settings
@@ -54,10 +55,6 @@ class Sparsifier:
     @property
     def ramp(self) -> list[int]:
         return self.pruner.step_range if self.counts_steps else self.pruner.epoch_range
-
-    @property
-    def numel(self) -> int:
-        return sum(w.numel() for w in self.weights.values())
 
     @property
     def final_target(self) -> float:

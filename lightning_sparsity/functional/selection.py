@@ -28,7 +28,7 @@ def kth_smallest(values: Sequence[Tensor], k: int) -> Tensor:
     total = sum(f.numel() for f in flats)
     if not 1 <= k <= total:
         raise ValueError(f"k must be in [1, {total}], got {k}")
-    found = _select_in_bracket(flats, total, k) if total > _SMALL else None
+    found = _select_in_bracket(flats, total, k)
     return (found or _select_all(flats, k))[0]
 
 
@@ -44,7 +44,7 @@ def smallest_k_mask(values: Sequence[Tensor], k: int) -> list[Tensor]:
     if k >= total:
         return [torch.zeros_like(v, dtype=torch.bool) for v in values]
     flats = [v.reshape(-1) for v in values]
-    found = _select_in_bracket(flats, total, k) if total > _SMALL else None
+    found = _select_in_bracket(flats, total, k)
     if found is None:
         threshold, at_most = _select_all(flats, k)
         keeps = [flat > threshold for flat in flats]
@@ -66,8 +66,10 @@ def _select_in_bracket(flats: Sequence[Tensor], total: int, k: int) -> tuple[Ten
 
     One comparison with ``lo`` per element gives the masks and the count below the bracket; the elements
     in ``(lo, hi]`` are gathered, ranked, and those at most the k-th are cleared from the masks in place.
-    None when the sample's bracket missed the k-th value.
+    None for few elements (ranking them all is cheaper) or when the sample's bracket missed the k-th value.
     """
+    if total <= _SMALL:
+        return None
     lo, hi = _bracket(flats, total, k)
     keeps, positions = [], []
     at_most = 0
