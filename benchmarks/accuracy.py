@@ -7,29 +7,45 @@ same ``exp`` schedule (the one INC, ours and ModelPruning's per-epoch amounts al
 SnipMomentum by default, global, masks updated every ``--update-frequency`` steps); Lightning's
 ``ModelPruning`` (l1_unstructured, global, pruning at epoch ends, ``use_lottery_ticket_hypothesis=False``);
 Intel Neural Compressor 3.7.1 (snip_momentum, global, pruning every ``--update-frequency`` steps) from its
-own virtual environment, skipped when that is absent. Every system runs at each learning rate of ``--lrs`` and
-keeps the one with the best accuracy on validation.tsv (its sentences of 10 words or more, closer to the full
-sentences of the test set than its short phrases); test.tsv (the GLUE dev set) is only reported.
+own virtual environment, skipped when that is absent. Every system runs with seed 0 at each learning rate of
+``--lrs`` and keeps the one with the best accuracy on validation.tsv (its sentences of 10 words or more, closer to
+the full sentences of the test set than its short phrases), then runs ``--seeds`` - 1 more seeds at that rate;
+figures are medians over the seeds, and test.tsv (the GLUE dev set) is only reported. Each finished run
+is kept in ``benchmarks/results/accuracy_runs/`` and read back by the next ``--full`` with the same settings, so an
+interrupted study goes on where it stopped (``--fresh`` reruns all: use it after changing the code).
 
-    python -m benchmarks.accuracy --full   # the study (about an hour on 2 CPU cores)
+    python -m benchmarks.accuracy --full   # the study (about 2 hours on 2 CPU cores)
     python -m benchmarks.accuracy          # a smoke run on a few examples, to check the pipeline
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import multiprocessing
 import os
 import subprocess
 from concurrent.futures import ProcessPoolExecutor
+from itertools import repeat
 from pathlib import Path
 from typing import Any
 
 from lightning.pytorch.callbacks import Callback, ModelPruning
 from torch import nn
 
-from benchmarks.common import ROOT, SCHEDULE, SST2Classifier, minilm_dir, ramp_end, run_sst2, save, table
+from benchmarks.common import (
+    RESULTS,
+    ROOT,
+    SCHEDULE,
+    SST2Classifier,
+    median,
+    minilm_dir,
+    ramp_end,
+    run_sst2,
+    save,
+    table,
+)
 from lightning_sparsity import Pruner, PruningCallback
 from lightning_sparsity.functional.schedules import scheduled_sparsity
 
@@ -37,7 +53,9 @@ SPARSITIES = (0.8, 0.9)
 # 300 optimizer steps of 32 sentences: the ramp over the first half (150 steps), recovery at the target after.
 FULL = dict(train_size=9600, val_size=None, test_size=None, seq_len=64, batch_size=32, chunks=12, ramp_chunks=6)
 SMOKE = dict(train_size=64, val_size=32, test_size=32, seq_len=64, batch_size=8, chunks=4, ramp_chunks=3)
-FULL_LRS = [1e-4, 2e-4, 3e-4]
+FULL_LRS = [1e-4, 2e-4, 3e-4, 5e-4]
+FULL_SEEDS = 3
+RUNS = RESULTS / "accuracy_runs"  # each finished run of --full, one JSON file (not versioned): the study resumes
 VAL_MIN_WORDS = 10  # validation sentences of 10+ words: 2,543 of 6,735; the test set's median is 19 words
 OURS = {"magnitude": "BasicMagnitude", "SnipMomentum": "SnipMomentum"}
 INC_PYTHON = Path(os.environ.get("INC_VENV", "/work/inc-venv")) / "bin" / "python"
@@ -88,9 +106,9 @@ def run_inc(settings: dict[str, Any], sparsity: float) -> dict[str, Any]:
     return next(json.loads(line) for line in output.splitlines() if line.startswith("{"))
 
 
-def run_system(settings: dict[str, Any], system: str, sparsity: float, lr: float) -> dict[str, Any]:
-    """One fine-tuning run of ``dense``, ``ours``, ``Lightning ModelPruning`` or INC at ``lr`` (in a worker process)."""
-    settings = {**settings, "lr": lr}
+def run_system(settings: dict[str, Any], system: str, sparsity: float, lr: float, seed: int) -> dict[str, Any]:
+    """One fine-tuning run of ``dense``, ``ours``, ``Lightning ModelPruning`` or INC (in a worker process)."""
+    settings = {**settings, "lr": lr, "seed": seed}
     if system == INC:
         return run_inc(settings, sparsity)
 
@@ -104,20 +122,36 @@ def run_system(settings: dict[str, Any], system: str, sparsity: float, lr: float
     return {"system": system, "target": sparsity, **run_sst2(settings, callbacks)}
 
 
+def finished_run(settings: dict[str, Any], resume: bool, *job: Any) -> dict[str, Any]:
+    """``run_system(settings, *job)``, kept in ``RUNS``; with ``resume``, a run already kept under the same settings
+    is read back instead, so that an interrupted study goes on where it stopped."""
+    identity = {key: value for key, value in settings.items() if key not in ("lrs", "seeds")}
+    digest = hashlib.sha256(json.dumps([identity, *job], sort_keys=True).encode()).hexdigest()[:16]
+    path = RUNS / f"{digest}.json"
+    if resume and path.exists():
+        return json.loads(path.read_text())
+    run = run_system(settings, *job)
+    RUNS.mkdir(parents=True, exist_ok=True)
+    path.with_suffix(".tmp").write_text(json.dumps(run))
+    path.with_suffix(".tmp").replace(path)
+    return run
+
+
 ACCURACY_HEADER = [
     "system",
     "target",
     "lr",
     "measured sparsity",
-    "test acc",
+    "test acc (median)",
     "vs dense (points)",
-    "validation acc",
+    "test acc per seed",
+    "validation acc (median)",
     "CPU s/step",
 ]
 
 
-def accuracy_rows(runs: list[dict[str, Any]]) -> list[list[Any]]:
-    """One table row per run, in ``ACCURACY_HEADER``'s order."""
+def accuracy_rows(summaries: list[dict[str, Any]]) -> list[list[Any]]:
+    """One table row per system and target, in ``ACCURACY_HEADER``'s order."""
     return [
         [
             r["system"],
@@ -126,10 +160,11 @@ def accuracy_rows(runs: list[dict[str, Any]]) -> list[list[Any]]:
             f"{r['sparsity']:.1%}",
             r["test_accuracy"],
             f"{r['test_delta_points']:+.1f}",
+            " ".join(f"{100 * accuracy:.1f}" for accuracy in r["test_accuracies"]),
             r["validation_accuracy"],
             r["seconds_per_step"],
         ]
-        for r in runs
+        for r in summaries
     ]
 
 
@@ -143,10 +178,28 @@ def chosen_on_validation(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return list(best.values())
 
 
+def summary(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """Medians over the seeds of one system, target and learning rate."""
+    first = runs[0]
+    return {
+        "system": first["system"],
+        "target": first["target"],
+        "lr": first["lr"],
+        "seeds": [r["seed"] for r in runs],
+        "test_accuracies": [r["test_accuracy"] for r in runs],
+        **{
+            key: median([r[key] for r in runs])
+            for key in ("sparsity", "test_accuracy", "validation_accuracy", "seconds_per_step")
+        },
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--full", action="store_true", help="the study itself (else a smoke run)")
     parser.add_argument("--lrs", type=float, nargs="+", help=f"learning rates tried (default {FULL_LRS}; smoke: 1e-4)")
+    parser.add_argument("--seeds", type=int, help=f"runs per system at its rate (default {FULL_SEEDS}; smoke: 2)")
+    parser.add_argument("--fresh", action="store_true", help="rerun every run of --full, kept ones too")
     parser.add_argument("--update-frequency", type=int, default=5, help="optimizer steps between mask updates")
     parser.add_argument("--criteria", nargs="+", choices=list(OURS), default=["SnipMomentum"], help="ours' scores")
     parser.add_argument("--threads", type=int, default=1, help="torch threads per run")
@@ -155,6 +208,7 @@ def main() -> None:
     settings = {
         **(FULL if args.full else SMOKE),
         "lrs": args.lrs or (FULL_LRS if args.full else [1e-4]),
+        "seeds": args.seeds or (FULL_SEEDS if args.full else 2),
         "val_min_words": VAL_MIN_WORDS,
         "update_frequency": args.update_frequency,
         "schedule": SCHEDULE,
@@ -167,21 +221,34 @@ def main() -> None:
         systems.append(INC)
     else:
         print(f"{INC} skipped: no virtual environment at {INC_PYTHON.parent.parent}")
-    jobs = [("dense", 0.0, lr) for lr in settings["lrs"]]
-    jobs += [(system, s, lr) for s in SPARSITIES for system in systems for lr in settings["lrs"]]
-    queue = sorted(jobs, key=lambda job: job[0] != INC)  # the slowest runs first, so that none is left alone at the end
+    configurations = [("dense", 0.0)] + [(system, s) for s in SPARSITIES for system in systems]
+    resume = args.full and not args.fresh
     with ProcessPoolExecutor(args.workers, mp_context=multiprocessing.get_context("spawn")) as pool:
-        runs = list(pool.map(run_system, [settings] * len(queue), *zip(*queue, strict=True)))
-    runs.sort(key=lambda run: jobs.index((run["system"], run["target"], run["lr"])))  # tables in the jobs' order
 
-    chosen = chosen_on_validation(runs)
-    dense = next(run["test_accuracy"] for run in chosen if run["system"] == "dense")
+        def run_all(jobs: list[tuple[str, float, float, int]]) -> list[dict[str, Any]]:
+            if not jobs:
+                return []
+            queue = sorted(jobs, key=lambda job: job[0] != INC)  # the slowest first: none is left alone at the end
+            runs = list(pool.map(finished_run, repeat(settings), repeat(resume), *zip(*queue, strict=True)))
+            return sorted(runs, key=lambda r: jobs.index((r["system"], r["target"], r["lr"], r["seed"])))
+
+        # Seed 0 at every learning rate chooses each system's rate on validation; more seeds at that rate give medians.
+        tuning = run_all([(system, target, lr, 0) for system, target in configurations for lr in settings["lrs"]])
+        chosen = chosen_on_validation(tuning)
+        seeds = range(1, settings["seeds"])
+        repeats = run_all([(r["system"], r["target"], r["lr"], seed) for r in chosen for seed in seeds])
+    runs = tuning + repeats
     for run in runs:
-        run["test_delta_points"] = 100 * (run["test_accuracy"] - dense)
         run["seconds_per_step"] = run["train_cpu_s"] / run["steps"]
-    print(table(ACCURACY_HEADER, accuracy_rows(chosen)))
-    result = {"settings": settings, "runs": chosen, "all_runs": runs}
-    save("accuracy" if args.full else "accuracy_smoke", result)
+    summaries = [
+        summary([r for r in runs if (r["system"], r["target"], r["lr"]) == (c["system"], c["target"], c["lr"])])
+        for c in chosen
+    ]
+    dense = next(s["test_accuracy"] for s in summaries if s["system"] == "dense")
+    for row in summaries + runs:
+        row["test_delta_points"] = 100 * (row["test_accuracy"] - dense)
+    print(table(ACCURACY_HEADER, accuracy_rows(summaries)))
+    save("accuracy" if args.full else "accuracy_smoke", {"settings": settings, "runs": summaries, "all_runs": runs})
 
 
 if __name__ == "__main__":

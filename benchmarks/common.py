@@ -166,11 +166,11 @@ class ChunkSampler(torch.utils.data.Sampler[int]):
 class SST2Classifier(pl.LightningModule):
     """The pretrained MiniLM with a classification head, AdamW with linear warm-up and decay."""
 
-    def __init__(self, model_dir: str, lr: float, total_steps: int) -> None:
+    def __init__(self, model_dir: str, lr: float, total_steps: int, seed: int) -> None:
         super().__init__()
         from transformers import BertForSequenceClassification
 
-        torch.manual_seed(0)
+        torch.manual_seed(seed)  # the head's initial weights, then dropout
         self.model = BertForSequenceClassification.from_pretrained(model_dir, num_labels=2).train()
         self.lr, self.total_steps = lr, total_steps
 
@@ -225,12 +225,14 @@ def encoder_sparsity(module: pl.LightningModule) -> float:
 def run_sst2(settings: dict[str, Any], make_callbacks: Callable[[SST2Classifier], list]) -> dict[str, Any]:
     """Fine-tunes the MiniLM on the SST-2 subset with ``make_callbacks(module)``; accuracies and costs.
 
-    ``settings``: model_dir, train_size, val_size, val_min_words, test_size, seq_len, batch_size, chunks, lr, threads;
-    the run is one pass over ``train_size`` examples cut into ``chunks`` epochs.
+    ``settings``: model_dir, train_size, val_size, val_min_words, test_size, seq_len, batch_size, chunks, lr, seed,
+    threads; the run is one pass over ``train_size`` examples cut into ``chunks`` epochs. ``seed`` picks the training
+    subset and its order, the head's initial weights and dropout; validation and test sets are the same for all.
     """
     set_threads(settings["threads"])
     model_dir = settings["model_dir"]
-    train = sst2_tensors(model_dir, *read_sst2("train", settings["train_size"]), settings["seq_len"])
+    seed = settings["seed"]
+    train = sst2_tensors(model_dir, *read_sst2("train", settings["train_size"], seed), settings["seq_len"])
     val_rows = read_sst2("validation", settings["val_size"], min_words=settings["val_min_words"])
     validation = sst2_tensors(model_dir, *val_rows, settings["seq_len"])
     test = sst2_tensors(model_dir, *read_sst2("test", settings["test_size"]), settings["seq_len"])
@@ -239,7 +241,7 @@ def run_sst2(settings: dict[str, Any], make_callbacks: Callable[[SST2Classifier]
         raise ValueError(f"train_size={len(train)} must be a multiple of chunks * batch_size = {chunks * batch_size}")
     loader = torch.utils.data.DataLoader(train, batch_size=batch_size, sampler=ChunkSampler(len(train), chunks))
     total_steps = len(train) // batch_size
-    module = SST2Classifier(model_dir, settings["lr"], total_steps)
+    module = SST2Classifier(model_dir, settings["lr"], total_steps, seed)
     trainer = pl.Trainer(
         accelerator="cpu",
         max_epochs=chunks,
@@ -253,6 +255,7 @@ def run_sst2(settings: dict[str, Any], make_callbacks: Callable[[SST2Classifier]
     seconds = timed(lambda: trainer.fit(module, loader))
     return {
         "lr": settings["lr"],
+        "seed": seed,
         "steps": trainer.global_step,
         "train_wall_s": seconds[0],
         "train_cpu_s": seconds[1],
