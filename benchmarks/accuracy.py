@@ -14,7 +14,7 @@ figures are medians over the seeds, and test.tsv (the GLUE dev set) is only repo
 is kept in ``benchmarks/results/accuracy_runs/`` and read back by the next ``--full`` with the same settings, so an
 interrupted study goes on where it stopped (``--fresh`` reruns all: use it after changing the code).
 
-    python -m benchmarks.accuracy --full   # the study (about 2 hours on 2 CPU cores)
+    python -m benchmarks.accuracy --full   # the study (about 2.5 hours on 2 CPU cores)
     python -m benchmarks.accuracy          # a smoke run on a few examples, to check the pipeline
 """
 
@@ -53,7 +53,7 @@ SPARSITIES = (0.8, 0.9)
 # 300 optimizer steps of 32 sentences: the ramp over the first half (150 steps), recovery at the target after.
 FULL = dict(train_size=9600, val_size=None, test_size=None, seq_len=64, batch_size=32, chunks=12, ramp_chunks=6)
 SMOKE = dict(train_size=64, val_size=32, test_size=32, seq_len=64, batch_size=8, chunks=4, ramp_chunks=3)
-FULL_LRS = [1e-4, 2e-4, 3e-4, 5e-4]
+FULL_LRS = [1e-4, 2e-4, 3e-4, 5e-4, 8e-4]
 FULL_SEEDS = 3
 RUNS = RESULTS / "accuracy_runs"  # each finished run of --full, one JSON file (not versioned): the study resumes
 VAL_MIN_WORDS = 10  # validation sentences of 10+ words: 2,543 of 6,735; the test set's median is 19 words
