@@ -156,7 +156,7 @@ def _accuracy() -> str:
         f"{settings['ramp_chunks']} epoch ends), then fine-tunes {steps - ramp} steps at the target. Every system "
         f"runs at each learning rate of {', '.join(f'{lr:g}' for lr in settings['lrs'])} with seed 0 and keeps the "
         f"one with the best accuracy on {validation} (closer to the full sentences of the test set than the short "
-        f"phrases that make up most of SST-2's training split), then runs seeds 1 to {settings['seeds'] - 1} at that "
+        f"phrases that make up most of SST-2's training split), then runs {settings['seeds'] - 1} more seeds at that "
         "rate (a seed picks the training subset and its order, the head's initialisation and dropout). Figures are "
         "medians over the seeds; test.tsv (the GLUE dev set, 872 sentences: one sentence is 0.11 points) is only "
         f"reported. Measured {result['machine']['date']}.\n\n"
