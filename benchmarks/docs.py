@@ -21,7 +21,7 @@ make bench                               # step time, mask update, memory, accur
 python -m benchmarks.step_time           # --rounds 5 --steps 10 --frequencies 1 10 100 --threads 1
 python -m benchmarks.mask_update         # --rounds 3 --threads 1
 python -m benchmarks.memory
-python -m benchmarks.accuracy --full     # the SST-2 study; INC runs from /work/inc-venv when present
+python -m benchmarks.accuracy --full     # the SST-2 study, resumable (--fresh reruns all); INC from /work/inc-venv
 ```
 
 The scripts use one torch thread by default: this 2-core machine is shared, and 2-thread runs were
