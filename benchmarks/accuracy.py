@@ -53,7 +53,7 @@ SPARSITIES = (0.8, 0.9)
 # 300 optimizer steps of 32 sentences: the ramp over the first half (150 steps), recovery at the target after.
 FULL = dict(train_size=9600, val_size=None, test_size=None, seq_len=64, batch_size=32, chunks=12, ramp_chunks=6)
 SMOKE = dict(train_size=64, val_size=32, test_size=32, seq_len=64, batch_size=8, chunks=4, ramp_chunks=3)
-FULL_LRS = [1e-4, 2e-4, 3e-4, 5e-4, 8e-4]
+FULL_LRS = [1e-4, 2e-4, 3e-4, 5e-4, 8e-4, 1e-3]
 FULL_SEEDS = 3
 RUNS = RESULTS / "accuracy_runs"  # each finished run of --full, one JSON file (not versioned): the study resumes
 VAL_MIN_WORDS = 10  # validation sentences of 10+ words: 2,543 of 6,735; the test set's median is 19 words
