@@ -14,7 +14,7 @@ figures are medians over the seeds, and test.tsv (the GLUE dev set) is only repo
 is kept in ``benchmarks/results/accuracy_runs/`` and read back by the next ``--full`` with the same settings, so an
 interrupted study goes on where it stopped (``--fresh`` reruns all: use it after changing the code).
 
-    python -m benchmarks.accuracy --full   # the study (about 2.5 hours on 2 CPU cores)
+    python -m benchmarks.accuracy --full   # the study (about 3 hours on 2 CPU cores)
     python -m benchmarks.accuracy          # a smoke run on a few examples, to check the pipeline
 """
 

@@ -31,7 +31,7 @@ wall-clock seconds (which also count the time other processes held the cores). E
 grow by 10-20% when other jobs share the caches, so compare figures within one table (measured
 side by side), not across tables or days.
 
-The accuracy study is sized to finish in about two and a half hours on two shared cores: one pass over a subset
+The accuracy study is sized to finish in about three hours on two shared cores: one pass over a subset
 of SST-2 (300 optimizer steps), the same budget, schedule family and update frequency for every system,
 each system's learning rate chosen on validation.tsv and accuracy reported on test.tsv as a median over 3 seeds. It
 ranks the systems under that budget; it does not reproduce the published numbers of long fine-tuning runs.
