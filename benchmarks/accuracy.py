@@ -27,7 +27,6 @@ import multiprocessing
 import os
 import subprocess
 from concurrent.futures import ProcessPoolExecutor
-from itertools import repeat
 from pathlib import Path
 from typing import Any
 
@@ -226,11 +225,10 @@ def main() -> None:
     with ProcessPoolExecutor(args.workers, mp_context=multiprocessing.get_context("spawn")) as pool:
 
         def run_all(jobs: list[tuple[str, float, float, int]]) -> list[dict[str, Any]]:
-            if not jobs:
-                return []
-            queue = sorted(jobs, key=lambda job: job[0] != INC)  # the slowest first: none is left alone at the end
-            runs = list(pool.map(finished_run, repeat(settings), repeat(resume), *zip(*queue, strict=True)))
-            return sorted(runs, key=lambda r: jobs.index((r["system"], r["target"], r["lr"], r["seed"])))
+            """The runs of ``jobs``, in their order; INC's (the slowest) start first: none is left alone at the end."""
+            queue = sorted(jobs, key=lambda job: job[0] != INC)
+            futures = {job: pool.submit(finished_run, settings, resume, *job) for job in queue}
+            return [futures[job].result() for job in jobs]
 
         # Seed 0 at every learning rate chooses each system's rate on validation; more seeds at that rate give medians.
         tuning = run_all([(system, target, lr, 0) for system, target in configurations for lr in settings["lrs"]])
