@@ -7,10 +7,12 @@ same ``exp`` schedule (the one INC, ours and ModelPruning's per-epoch amounts al
 SnipMomentum by default, global, masks updated every ``--update-frequency`` steps); Lightning's
 ``ModelPruning`` (l1_unstructured, global, pruning at epoch ends, ``use_lottery_ticket_hypothesis=False``);
 Intel Neural Compressor 3.7.1 (snip_momentum, global, pruning every ``--update-frequency`` steps) from its
-own virtual environment, skipped when that is absent. Every system runs with seed 0 at each learning rate of
-``--lrs`` and keeps the one with the best accuracy on validation.tsv (its sentences of 10 words or more, closer to
-the full sentences of the test set than its short phrases), then runs ``--seeds`` - 1 more seeds at that rate;
-figures are medians over the seeds, and test.tsv (the GLUE dev set) is only reported. Each finished run
+own virtual environment, skipped when that is absent. The learning rate is tuned on validation.tsv (its sentences
+of 10 words or more, closer to the full sentences of the test set than its short phrases) by successive halving:
+every system runs with seed 0 at each rate of ``--lrs``; the ``--finalists`` rates with the best validation accuracy
+run ``--seeds`` - 1 more seeds; the rate with the best median validation accuracy over the seeds is chosen, so that
+a rate that only one seed survives is not. Figures are medians over the seeds at the chosen rate, and test.tsv
+(the GLUE dev set) is only reported. Each finished run
 is kept in ``benchmarks/results/accuracy_runs/`` and read back by the next ``--full`` with the same settings, so an
 interrupted study goes on where it stopped (``--fresh`` reruns all: use it after changing the code).
 
@@ -54,6 +56,7 @@ FULL = dict(train_size=9600, val_size=None, test_size=None, seq_len=64, batch_si
 SMOKE = dict(train_size=64, val_size=32, test_size=32, seq_len=64, batch_size=8, chunks=4, ramp_chunks=3)
 FULL_LRS = [1e-4, 2e-4, 3e-4, 5e-4, 8e-4, 1e-3]
 FULL_SEEDS = 3
+FULL_FINALISTS = 3  # half the grid goes on to more seeds
 RUNS = RESULTS / "accuracy_runs"  # each finished run of --full, one JSON file (not versioned): the study resumes
 VAL_MIN_WORDS = 10  # validation sentences of 10+ words: 2,543 of 6,735; the test set's median is 19 words
 OURS = {"magnitude": "BasicMagnitude", "SnipMomentum": "SnipMomentum"}
@@ -124,7 +127,7 @@ def run_system(settings: dict[str, Any], system: str, sparsity: float, lr: float
 def finished_run(settings: dict[str, Any], resume: bool, *job: Any) -> dict[str, Any]:
     """``run_system(settings, *job)``, kept in ``RUNS``; with ``resume``, a run already kept under the same settings
     is read back instead, so that an interrupted study goes on where it stopped."""
-    identity = {key: value for key, value in settings.items() if key not in ("lrs", "seeds")}
+    identity = {key: value for key, value in settings.items() if key not in ("lrs", "seeds", "finalists")}
     digest = hashlib.sha256(json.dumps([identity, *job], sort_keys=True).encode()).hexdigest()[:16]
     path = RUNS / f"{digest}.json"
     if resume and path.exists():
@@ -167,14 +170,16 @@ def accuracy_rows(summaries: list[dict[str, Any]]) -> list[list[Any]]:
     ]
 
 
-def chosen_on_validation(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Each system's run, at each target, whose learning rate gave the best validation accuracy (first wins ties)."""
-    best: dict[tuple[str, float], dict[str, Any]] = {}
+def best_on_validation(runs: list[dict[str, Any]], count: int) -> list[dict[str, Any]]:
+    """Per system and target, the ``count`` runs with the best validation accuracy, best first (first wins ties)."""
+    by_configuration: dict[tuple[str, float], list[dict[str, Any]]] = {}
     for run in runs:
-        key = (run["system"], run["target"])
-        if key not in best or run["validation_accuracy"] > best[key]["validation_accuracy"]:
-            best[key] = run
-    return list(best.values())
+        by_configuration.setdefault((run["system"], run["target"]), []).append(run)
+    return [
+        run
+        for group in by_configuration.values()
+        for run in sorted(group, key=lambda r: r["validation_accuracy"], reverse=True)[:count]
+    ]
 
 
 def summary(runs: list[dict[str, Any]]) -> dict[str, Any]:
@@ -198,6 +203,9 @@ def main() -> None:
     parser.add_argument("--full", action="store_true", help="the study itself (else a smoke run)")
     parser.add_argument("--lrs", type=float, nargs="+", help=f"learning rates tried (default {FULL_LRS}; smoke: 1e-4)")
     parser.add_argument("--seeds", type=int, help=f"runs per system at its rate (default {FULL_SEEDS}; smoke: 2)")
+    parser.add_argument(
+        "--finalists", type=int, help=f"best rates on seed 0 that run every seed (default {FULL_FINALISTS}; smoke: 1)"
+    )
     parser.add_argument("--fresh", action="store_true", help="rerun every run of --full, kept ones too")
     parser.add_argument("--update-frequency", type=int, default=5, help="optimizer steps between mask updates")
     parser.add_argument("--criteria", nargs="+", choices=list(OURS), default=["SnipMomentum"], help="ours' scores")
@@ -208,6 +216,7 @@ def main() -> None:
         **(FULL if args.full else SMOKE),
         "lrs": args.lrs or (FULL_LRS if args.full else [1e-4]),
         "seeds": args.seeds or (FULL_SEEDS if args.full else 2),
+        "finalists": args.finalists or (FULL_FINALISTS if args.full else 1),
         "val_min_words": VAL_MIN_WORDS,
         "update_frequency": args.update_frequency,
         "schedule": SCHEDULE,
@@ -230,23 +239,27 @@ def main() -> None:
             futures = {job: pool.submit(finished_run, settings, resume, *job) for job in queue}
             return [futures[job].result() for job in jobs]
 
-        # Seed 0 at every learning rate chooses each system's rate on validation; more seeds at that rate give medians.
+        # Seed 0 at every learning rate; the best rates on validation run the other seeds too.
         tuning = run_all([(system, target, lr, 0) for system, target in configurations for lr in settings["lrs"]])
-        chosen = chosen_on_validation(tuning)
+        finalists = best_on_validation(tuning, settings["finalists"])
         seeds = range(1, settings["seeds"])
-        repeats = run_all([(r["system"], r["target"], r["lr"], seed) for r in chosen for seed in seeds])
+        repeats = run_all([(r["system"], r["target"], r["lr"], seed) for r in finalists for seed in seeds])
     runs = tuning + repeats
     for run in runs:
         run["seconds_per_step"] = run["train_cpu_s"] / run["steps"]
-    summaries = [
-        summary([r for r in runs if (r["system"], r["target"], r["lr"]) == (c["system"], c["target"], c["lr"])])
-        for c in chosen
+    medians = [
+        summary([r for r in runs if (r["system"], r["target"], r["lr"]) == (f["system"], f["target"], f["lr"])])
+        for f in finalists
     ]
+    summaries = best_on_validation(medians, 1)  # each system's rate: the best median validation accuracy
     dense = next(s["test_accuracy"] for s in summaries if s["system"] == "dense")
-    for row in summaries + runs:
+    for row in medians + runs:
         row["test_delta_points"] = 100 * (row["test_accuracy"] - dense)
     print(table(ACCURACY_HEADER, accuracy_rows(summaries)))
-    save("accuracy" if args.full else "accuracy_smoke", {"settings": settings, "runs": summaries, "all_runs": runs})
+    save(
+        "accuracy" if args.full else "accuracy_smoke",
+        {"settings": settings, "runs": summaries, "finalists": medians, "all_runs": runs},
+    )
 
 
 if __name__ == "__main__":
