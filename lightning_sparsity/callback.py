@@ -6,6 +6,7 @@ from dataclasses import asdict
 from typing import Any, Optional
 
 import lightning.pytorch as pl
+import torch
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.strategies import DeepSpeedStrategy, FSDPStrategy, ModelParallelStrategy
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
@@ -161,6 +162,7 @@ class PruningCallback(Callback):
                 sparsifier.load_state_dict(state)
             self._restored = None
         for sparsifier in self.sparsifiers:
+            sparsifier.follow_weights()
             if sparsifier.pruner.prune_type == "PatternLock":
                 sparsifier.lock_existing_zeros()
             elif sparsifier.counts_steps:
@@ -178,8 +180,9 @@ class PruningCallback(Callback):
     def on_before_optimizer_step(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, optimizer: Optimizer
     ) -> None:
+        grad_scaler = getattr(trainer.precision_plugin, "scaler", None) is not None  # fp16 AMP skips overflow steps
         for sparsifier in self.sparsifiers:
-            sparsifier.before_optimizer_step()
+            sparsifier.before_optimizer_step(skip_non_finite=grad_scaler)
 
     @override
     def on_train_batch_end(
@@ -191,8 +194,11 @@ class PruningCallback(Callback):
         for sparsifier in self.sparsifiers:
             if not (sparsifier.counts_steps and sparsifier.step(trainer.global_step)):
                 sparsifier.apply_masks()
-        pl_module.log("pruning/sparsity", self.mask_sparsity(), prog_bar=True, on_step=True, on_epoch=False)
-        pl_module.log("pruning/target", self.current_target(), on_step=True, on_epoch=False)
+        # CPU tensors: a Python number would be copied to the GPU, which waits for the GPU at every step
+        pl_module.log(
+            "pruning/sparsity", torch.tensor(self.mask_sparsity()), prog_bar=True, on_step=True, on_epoch=False
+        )
+        pl_module.log("pruning/target", torch.tensor(self.current_target()), on_step=True, on_epoch=False)
 
     def mask_sparsity(self) -> float:
         """Overall fraction of masked-out weights across all pruners (cheap: reads the masks only)."""

@@ -106,6 +106,12 @@ class Sparsifier:
         self.current_target = sparsity
         self.apply_masks()
 
+    def follow_weights(self) -> None:
+        """Moves masks and scores to their weights' devices: Lightning moves the model to the CPU after a fit on a
+        GPU, and a later fit may run on another device than the one the masks were made on."""
+        self.masks = {name: mask.to(self.weights[name].device) for name, mask in self.masks.items()}
+        self.scores = {name: score.to(self.weights[name].device) for name, score in self.scores.items()}
+
     @torch.no_grad()
     def apply_masks(self) -> None:
         """Zeroes the pruned weights in place (after every optimizer step).
@@ -115,16 +121,22 @@ class Sparsifier:
         changes nothing else). ``mul_`` by the mask's uint8 view + ``add_`` is several times faster than
         ``masked_fill_`` on CPU.
         """
-        for name, mask in self.masks.items():
-            self.weights[name].mul_(mask.view(torch.uint8)).add_(0.0)
+        if self.masks:  # one multi-tensor kernel for all weights, not two small ones per weight on a GPU
+            weights = [self.weights[name] for name in self.masks]
+            torch._foreach_mul_(weights, [mask.view(torch.uint8) for mask in self.masks.values()])
+            torch._foreach_add_(weights, 0.0)
 
     @torch.no_grad()
-    def before_optimizer_step(self) -> None:
-        """Accumulates gradient scores and adds the group-lasso penalty to the gradients."""
+    def before_optimizer_step(self, skip_non_finite: bool = True) -> None:
+        """Accumulates gradient scores and adds the group-lasso penalty to the gradients.
+
+        With ``skip_non_finite`` (for fp16 AMP, whose GradScaler skips such steps), a step whose gradients hold
+        inf or NaN leaves the scores alone; the check waits for the GPU, so it is left out without a scaler.
+        """
         prune_type = self.pruner.prune_type
         if prune_type not in ("SnipMomentum", "Gradient", "GroupLasso"):
             return
-        if prune_type != "GroupLasso":
+        if prune_type != "GroupLasso" and skip_non_finite:
             grads = [w.grad for w in self.weights.values() if w.grad is not None]
             if grads and not _all_finite(grads):
                 return  # an fp16 AMP overflow step, which GradScaler skips: its scores would stay inf or NaN for good

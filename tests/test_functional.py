@@ -15,6 +15,7 @@ from lightning_sparsity.functional import (
     snip_momentum_scores_,
 )
 from lightning_sparsity.functional.schedules import SCHEDULES, is_update_point, last_update_point, ramp_progress
+from lightning_sparsity.functional.selection import _smallest_k_by_sort
 
 
 @pytest.mark.parametrize("schedule", SCHEDULES)
@@ -74,6 +75,23 @@ def test_smallest_k_mask_prunes_exactly_what_a_sort_prunes():
     expected = torch.ones_like(flat_keep)
     expected[torch.cat([v.reshape(-1) for v in values]).argsort()[:k]] = False
     assert torch.equal(flat_keep, expected)
+
+
+def test_selection_by_sort_on_gpus_prunes_what_the_cpu_selection_prunes():
+    """GPUs select by a stable sort: the same elements as the CPU's bracket, ties broken by position alike."""
+    generator = torch.Generator().manual_seed(3)
+    values = [
+        torch.randint(0, 50, (300, 400), generator=generator).float(),  # many ties at every threshold
+        torch.zeros(1000),
+        torch.randn(70_000, generator=generator),
+    ]
+    for k in [1, 60_000, 123_457, 190_999]:
+        expected = [keep.reshape(-1) for keep in smallest_k_mask(values, k)]
+        assert all(map(torch.equal, _smallest_k_by_sort([v.reshape(-1) for v in values], k), expected))
+        if torch.cuda.is_available():
+            on_gpu = smallest_k_mask([v.cuda() for v in values], k)
+            assert all(torch.equal(keep.reshape(-1).cpu(), e) for keep, e in zip(on_gpu, expected, strict=True))
+            assert kth_smallest([v.cuda() for v in values], k).item() == kth_smallest(values, k).item()
 
 
 def test_parse_pattern_forms_and_errors():

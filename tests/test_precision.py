@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import shutil
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -65,9 +66,13 @@ def test_masks_and_targets_hold_under_precision(precision: str, dtype: torch.dty
     not torch.cuda.is_available(),
     reason="fp16 AMP needs CUDA: on CPU Lightning replaces 16-mixed by bf16-mixed, which the test above covers",
 )
-def test_masks_and_targets_hold_under_fp16_mixed_precision() -> None:
+def test_masks_and_targets_hold_under_fp16_mixed_precision_and_follow_the_model_to_the_cpu() -> None:
     module, pruning = fit_with_precision("16-mixed", accelerator="cuda")
-    assert module.device.type == "cuda"
+    assert {mask.device.type for s in pruning.sparsifiers for mask in s.masks.values()} == {"cuda"}
+    assert module.device.type == "cpu"  # Lightning moves the model back after a fit
+    # a further fit of the same model on the CPU keeps the masks, now on the weights' device
+    make_trainer(max_epochs=3, accelerator="cpu", callbacks=[pruning]).fit(module, toy_loader())
+    assert {mask.device.type for s in pruning.sparsifiers for mask in s.masks.values()} == {"cpu"}
     assert_masks_hold(pruning, torch.float32)
 
 
@@ -83,6 +88,22 @@ def test_overflowing_fp16_steps_leave_gradient_scores_untouched(prune_type: str)
         weight.grad[1, 2] = overflow
         sparsifier.before_optimizer_step()
         assert torch.equal(sparsifier.scores["weight"], scores)
+    assert sparsifier.scored_steps == 1
+
+
+def test_the_callback_skips_overflow_steps_only_under_a_grad_scaler() -> None:
+    """Without a GradScaler nothing skips a non-finite step, and checking for one would wait for the GPU."""
+    module = TinyBert()
+    pruning = PruningCallback([Pruner(prune_type="SnipMomentum", names=[r"query\.weight"])])
+    trainer = make_trainer()
+    pruning.setup(trainer, module, "fit")
+    (sparsifier,) = pruning.sparsifiers
+    for weight in sparsifier.weights.values():
+        weight.grad = torch.full_like(weight, float("inf"))
+    pruning.on_before_optimizer_step(SimpleNamespace(precision_plugin=SimpleNamespace(scaler=object())), module, None)
+    assert sparsifier.scored_steps == 0 and not sparsifier.scores
+    assert getattr(trainer.precision_plugin, "scaler", None) is None  # fp32 on the CPU
+    pruning.on_before_optimizer_step(trainer, module, None)
     assert sparsifier.scored_steps == 1
 
 

@@ -7,6 +7,9 @@ it, and only those are ranked exactly and cleared from the masks. Their counts a
 elements tie with the threshold, so a tie-breaking pass runs only when ties straddle it. The result
 equals what a full sort gives; ties at the threshold are broken by position, so exactly ``k`` elements
 are chosen.
+
+On a GPU a full (radix) sort is the fastest exact selection: bert-base's 85M scores sort in 4 ms on an H200,
+where the bracket took 0.6 s (its ``kthvalue`` and many small synchronising steps are slow there).
 """
 
 from __future__ import annotations
@@ -28,6 +31,8 @@ def kth_smallest(values: Sequence[Tensor], k: int) -> Tensor:
     total = sum(f.numel() for f in flats)
     if not 1 <= k <= total:
         raise ValueError(f"k must be in [1, {total}], got {k}")
+    if flats[0].device.type != "cpu":
+        return torch.sort(torch.cat(flats)).values[k - 1]
     found = _select_in_bracket(flats, total, k)
     return (found or _select_all(flats, k))[0]
 
@@ -44,6 +49,9 @@ def smallest_k_mask(values: Sequence[Tensor], k: int) -> list[Tensor]:
     if k >= total:
         return [torch.zeros_like(v, dtype=torch.bool) for v in values]
     flats = [v.reshape(-1) for v in values]
+    if flats[0].device.type != "cpu":
+        keeps = _smallest_k_by_sort(flats, k)
+        return [keep.view_as(v) for keep, v in zip(keeps, values, strict=True)]
     found = _select_in_bracket(flats, total, k)
     if found is None:
         threshold, at_most = _select_all(flats, k)
@@ -59,6 +67,14 @@ def smallest_k_mask(values: Sequence[Tensor], k: int) -> list[Tensor]:
         keep[restore] = True
         surplus -= restore.numel()
     return [keep.view_as(v) for keep, v in zip(keeps, values, strict=True)]
+
+
+def _smallest_k_by_sort(flats: Sequence[Tensor], k: int) -> list[Tensor]:
+    """Keep-masks pruning the first ``k`` elements of a stable sort: the k smallest, ties by position."""
+    everything = torch.cat(flats)
+    keep = torch.ones_like(everything, dtype=torch.bool)
+    keep[torch.sort(everything, stable=True).indices[:k]] = False
+    return list(keep.split([flat.numel() for flat in flats]))
 
 
 def _select_in_bracket(flats: Sequence[Tensor], total: int, k: int) -> tuple[Tensor, int, list[Tensor]] | None:
