@@ -16,7 +16,7 @@ a rate that only one seed survives is not. Figures are medians over the seeds at
 is kept in ``benchmarks/results/accuracy_runs/`` and read back by the next ``--full`` with the same settings, so an
 interrupted study goes on where it stopped (``--fresh`` reruns all: use it after changing the code).
 
-    python -m benchmarks.accuracy --full   # the study (about 3 hours on 2 CPU cores)
+    python -m benchmarks.accuracy --full   # the study (about 4 hours on 2 CPU cores)
     python -m benchmarks.accuracy          # a smoke run on a few examples, to check the pipeline
 """
 
