@@ -11,7 +11,7 @@ own virtual environment, skipped when that is absent. The learning rate is tuned
 of 10 words or more, closer to the full sentences of the test set than its short phrases) by successive halving:
 every system runs with seed 0 at each rate of ``--lrs``; the ``--finalists`` rates with the best validation accuracy
 run ``--seeds`` - 1 more seeds; the rate with the best median validation accuracy over the seeds is chosen, so that
-a rate that only one seed survives is not. Figures are medians over the seeds at the chosen rate, and test.tsv
+one lucky seed does not decide the rate. Figures are medians over the seeds at the chosen rate, and test.tsv
 (the GLUE dev set) is only reported. Each finished run
 is kept in ``benchmarks/results/accuracy_runs/`` and read back by the next ``--full`` with the same settings, so an
 interrupted study goes on where it stopped (``--fresh`` reruns all: use it after changing the code).

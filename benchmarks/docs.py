@@ -160,7 +160,7 @@ def _accuracy() -> str:
         "test set than the short phrases that make up most of SST-2's training split) run "
         f"{settings['seeds'] - 1} more seeds (a seed picks the training subset and its order, the head's "
         "initialisation and dropout), and the rate with the best median validation accuracy is chosen (successive "
-        "halving: a rate that some seeds do not survive loses). Figures are medians over the seeds at that rate; "
+        "halving: one lucky seed no longer decides the rate). Figures are medians over the seeds at that rate; "
         "test.tsv (the GLUE dev set, 872 sentences: one sentence is 0.11 points) is only reported. Measured "
         f"{result['machine']['date']}.\n\n"
         + table(ACCURACY_HEADER, accuracy_rows(result["runs"]))
