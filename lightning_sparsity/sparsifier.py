@@ -43,7 +43,9 @@ class Sparsifier:
         self.last_update: Optional[int] = None
         self.current_target = 0.0
         self.scored_steps = 0
-        self._counted_masks: Optional[dict[str, Tensor]] = None  # the masks that _pruned counts
+        self._derived_from: Optional[dict[str, Tensor]] = None  # the masks the next three are worked out from
+        self._masked_weights: list[Tensor] = []
+        self._keep_bytes: list[Tensor] = []
         self._pruned = 0
         for name, weight in weights.items():
             _check_weight(name, weight, pruner)
@@ -121,10 +123,10 @@ class Sparsifier:
         changes nothing else). ``mul_`` by the mask's uint8 view + ``add_`` is several times faster than
         ``masked_fill_`` on CPU.
         """
-        if self.masks:  # one multi-tensor kernel for all weights, not two small ones per weight on a GPU
-            weights = [self.weights[name] for name in self.masks]
-            torch._foreach_mul_(weights, [mask.view(torch.uint8) for mask in self.masks.values()])
-            torch._foreach_add_(weights, 0.0)
+        self._derive_from_masks()
+        if self._masked_weights:  # one multi-tensor kernel for all weights, not two small ones per weight on a GPU
+            torch._foreach_mul_(self._masked_weights, self._keep_bytes)
+            torch._foreach_add_(self._masked_weights, 0.0)
 
     @torch.no_grad()
     def before_optimizer_step(self, skip_non_finite: bool = True) -> None:
@@ -174,10 +176,18 @@ class Sparsifier:
 
     def mask_sparsity(self) -> float:
         """Fraction of masked-out weights (0 before the first update), counted once per new set of masks."""
-        if self._counted_masks is not self.masks:
-            self._pruned = sum(m.numel() - int(torch.count_nonzero(m)) for m in self.masks.values())
-            self._counted_masks = self.masks
+        self._derive_from_masks()
         return self._pruned / self.numel
+
+    def _derive_from_masks(self) -> None:
+        """Works out what every step reads from the masks (the weights they mask, their uint8 views, the pruned
+        count) once per new set of masks: masks are replaced as a whole, never edited in place."""
+        if self._derived_from is self.masks:
+            return
+        self._derived_from = self.masks
+        self._masked_weights = [self.weights[name] for name in self.masks]
+        self._keep_bytes = [mask.view(torch.uint8) for mask in self.masks.values()]  # multiplies faster than bool
+        self._pruned = sum(m.numel() - int(torch.count_nonzero(m)) for m in self.masks.values())
 
     def state_dict(self) -> dict[str, Any]:
         """Masks packed 8 to a byte (uint8), scores as they are, and the schedule position."""
