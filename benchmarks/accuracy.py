@@ -36,6 +36,7 @@ from lightning.pytorch.callbacks import Callback, ModelPruning
 from torch import nn
 
 from benchmarks.common import (
+    LAYER_CAP,
     RESULTS,
     ROOT,
     SCHEDULE,
@@ -72,6 +73,7 @@ def ours(settings: dict[str, Any], sparsity: float, prune_type: str) -> list[Cal
         schedule=SCHEDULE,
         scope="global",
         names=[r"encoder\..*"],
+        max_sparsity_ratio_per_layer=LAYER_CAP,
     )
     return [PruningCallback([pruner])]
 
@@ -128,6 +130,8 @@ def finished_run(settings: dict[str, Any], resume: bool, *job: Any) -> dict[str,
     """``run_system(settings, *job)``, kept in ``RUNS``; with ``resume``, a run already kept under the same settings
     is read back instead, so that an interrupted study goes on where it stopped."""
     identity = {key: value for key, value in settings.items() if key not in ("lrs", "seeds", "finalists")}
+    if job[0].startswith("ours"):
+        identity["max_sparsity_ratio_per_layer"] = LAYER_CAP
     digest = hashlib.sha256(json.dumps([identity, *job], sort_keys=True).encode()).hexdigest()[:16]
     path = RUNS / f"{digest}.json"
     if resume and path.exists():
