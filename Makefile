@@ -25,7 +25,7 @@ lint: setup
 	$(VENV)/bin/ruff format --check lightning_sparsity tests benchmarks examples
 
 # quick benchmarks (< 10 min on an idle 2-core CPU), regenerating docs/benchmarks.md; the SST-2 accuracy
-# study is `$(PYTHON) -m benchmarks.accuracy --full` (about 4 hours, resumable; INC from /work/inc-venv when present)
+# study is `$(PYTHON) -m benchmarks.accuracy --full` (about 5 hours, resumable; INC from /work/inc-venv when present)
 bench: setup
 	$(PYTHON) -m benchmarks.step_time --rounds 2 --steps 5 --frequencies 1 10
 	$(PYTHON) -m benchmarks.mask_update --rounds 1

@@ -11,12 +11,12 @@ own virtual environment, skipped when that is absent. The learning rate is tuned
 of 10 words or more, closer to the full sentences of the test set than its short phrases) by successive halving:
 every system runs with seed 0 at each rate of ``--lrs``; the ``--finalists`` rates with the best validation accuracy
 run ``--seeds`` - 1 more seeds; the rate with the best median validation accuracy over the seeds is chosen, so that
-one lucky seed does not decide the rate. Figures are medians over the seeds at the chosen rate, and test.tsv
-(the GLUE dev set) is only reported. Each finished run
+one lucky seed does not decide the rate, and runs up to ``--final-seeds`` seeds. Figures are medians over those
+seeds at the chosen rate, and test.tsv (the GLUE dev set) is only reported. Each finished run
 is kept in ``benchmarks/results/accuracy_runs/`` and read back by the next ``--full`` with the same settings, so an
 interrupted study goes on where it stopped (``--fresh`` reruns all: use it after changing the code).
 
-    python -m benchmarks.accuracy --full   # the study (about 4 hours on 2 CPU cores)
+    python -m benchmarks.accuracy --full   # the study (about 5 hours on 2 CPU cores)
     python -m benchmarks.accuracy          # a smoke run on a few examples, to check the pipeline
 """
 
@@ -58,6 +58,7 @@ SMOKE = dict(train_size=64, val_size=32, test_size=32, seq_len=64, batch_size=8,
 FULL_LRS = [1e-4, 2e-4, 3e-4, 5e-4, 8e-4, 1e-3]
 FULL_SEEDS = 3
 FULL_FINALISTS = 3  # half the grid goes on to more seeds
+FULL_FINAL_SEEDS = 5  # the chosen rate's figures: 6 rates x 1 seed, then 3 x 3, then 1 x 5
 RUNS = RESULTS / "accuracy_runs"  # each finished run of --full, one JSON file (not versioned): the study resumes
 VAL_MIN_WORDS = 10  # validation sentences of 10+ words: 2,543 of 6,735; the test set's median is 19 words
 OURS = {"magnitude": "BasicMagnitude", "SnipMomentum": "SnipMomentum"}
@@ -129,18 +130,20 @@ def run_system(settings: dict[str, Any], system: str, sparsity: float, lr: float
 def finished_run(settings: dict[str, Any], resume: bool, *job: Any) -> dict[str, Any]:
     """``run_system(settings, *job)``, kept in ``RUNS``; with ``resume``, a run already kept under the same settings
     is read back instead, so that an interrupted study goes on where it stopped."""
-    identity = {key: value for key, value in settings.items() if key not in ("lrs", "seeds", "finalists")}
+    plan = ("lrs", "seeds", "finalists", "final_seeds")  # which runs the study makes, not how one run goes
+    identity = {key: value for key, value in settings.items() if key not in plan}
     if job[0].startswith("ours"):
         identity["max_sparsity_ratio_per_layer"] = LAYER_CAP
     digest = hashlib.sha256(json.dumps([identity, *job], sort_keys=True).encode()).hexdigest()[:16]
     path = RUNS / f"{digest}.json"
     if resume and path.exists():
-        return json.loads(path.read_text())
-    run = run_system(settings, *job)
-    RUNS.mkdir(parents=True, exist_ok=True)
-    path.with_suffix(".tmp").write_text(json.dumps(run))
-    path.with_suffix(".tmp").replace(path)
-    return run
+        run = json.loads(path.read_text())
+    else:
+        run = run_system(settings, *job)
+        RUNS.mkdir(parents=True, exist_ok=True)
+        path.with_suffix(".tmp").write_text(json.dumps(run))
+        path.with_suffix(".tmp").replace(path)
+    return {**run, "seconds_per_step": run["train_cpu_s"] / run["steps"]}
 
 
 ACCURACY_HEADER = [
@@ -202,6 +205,11 @@ def summary(runs: list[dict[str, Any]]) -> dict[str, Any]:
     }
 
 
+def runs_at(runs: list[dict[str, Any]], like: dict[str, Any]) -> list[dict[str, Any]]:
+    """The runs with ``like``'s system, target and learning rate (its seeds)."""
+    return [r for r in runs if (r["system"], r["target"], r["lr"]) == (like["system"], like["target"], like["lr"])]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--full", action="store_true", help="the study itself (else a smoke run)")
@@ -209,6 +217,9 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, help=f"runs per system at its rate (default {FULL_SEEDS}; smoke: 2)")
     parser.add_argument(
         "--finalists", type=int, help=f"best rates on seed 0 that run every seed (default {FULL_FINALISTS}; smoke: 1)"
+    )
+    parser.add_argument(
+        "--final-seeds", type=int, help=f"runs at the chosen rate (default {FULL_FINAL_SEEDS}; smoke: 3)"
     )
     parser.add_argument("--fresh", action="store_true", help="rerun every run of --full, kept ones too")
     parser.add_argument("--update-frequency", type=int, default=5, help="optimizer steps between mask updates")
@@ -221,6 +232,7 @@ def main() -> None:
         "lrs": args.lrs or (FULL_LRS if args.full else [1e-4]),
         "seeds": args.seeds or (FULL_SEEDS if args.full else 2),
         "finalists": args.finalists or (FULL_FINALISTS if args.full else 1),
+        "final_seeds": args.final_seeds or (FULL_FINAL_SEEDS if args.full else 3),
         "val_min_words": VAL_MIN_WORDS,
         "update_frequency": args.update_frequency,
         "schedule": SCHEDULE,
@@ -243,21 +255,20 @@ def main() -> None:
             futures = {job: pool.submit(finished_run, settings, resume, *job) for job in queue}
             return [futures[job].result() for job in jobs]
 
-        # Seed 0 at every learning rate; the best rates on validation run the other seeds too.
-        tuning = run_all([(system, target, lr, 0) for system, target in configurations for lr in settings["lrs"]])
-        finalists = best_on_validation(tuning, settings["finalists"])
-        seeds = range(1, settings["seeds"])
-        repeats = run_all([(r["system"], r["target"], r["lr"], seed) for r in finalists for seed in seeds])
-    runs = tuning + repeats
-    for run in runs:
-        run["seconds_per_step"] = run["train_cpu_s"] / run["steps"]
-    medians = [
-        summary([r for r in runs if (r["system"], r["target"], r["lr"]) == (f["system"], f["target"], f["lr"])])
-        for f in finalists
-    ]
-    summaries = best_on_validation(medians, 1)  # each system's rate: the best median validation accuracy
+        def more_seeds(chosen: list[dict[str, Any]], seeds: range) -> list[dict[str, Any]]:
+            return run_all([(r["system"], r["target"], r["lr"], seed) for r in chosen for seed in seeds])
+
+        # Successive halving: seed 0 at every rate; the best rates on validation run more seeds; the rate with the
+        # best median validation accuracy runs more still, and its median over all its seeds is the figure.
+        runs = run_all([(system, target, lr, 0) for system, target in configurations for lr in settings["lrs"]])
+        finalists = best_on_validation(runs, settings["finalists"])
+        runs += more_seeds(finalists, range(1, settings["seeds"]))
+        medians = [summary(runs_at(runs, f)) for f in finalists]
+        chosen = best_on_validation(medians, 1)
+        runs += more_seeds(chosen, range(settings["seeds"], settings["final_seeds"]))
+    summaries = [summary(runs_at(runs, c)) for c in chosen]
     dense = next(s["test_accuracy"] for s in summaries if s["system"] == "dense")
-    for row in medians + runs:
+    for row in summaries + medians + runs:
         row["test_delta_points"] = 100 * (row["test_accuracy"] - dense)
     print(table(ACCURACY_HEADER, accuracy_rows(summaries)))
     save(
