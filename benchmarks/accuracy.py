@@ -214,9 +214,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--full", action="store_true", help="the study itself (else a smoke run)")
     parser.add_argument("--lrs", type=float, nargs="+", help=f"learning rates tried (default {FULL_LRS}; smoke: 1e-4)")
-    parser.add_argument("--seeds", type=int, help=f"runs per system at its rate (default {FULL_SEEDS}; smoke: 2)")
+    parser.add_argument("--seeds", type=int, help=f"seeds per finalist rate (default {FULL_SEEDS}; smoke: 2)")
     parser.add_argument(
-        "--finalists", type=int, help=f"best rates on seed 0 that run every seed (default {FULL_FINALISTS}; smoke: 1)"
+        "--finalists", type=int, help=f"best rates on seed 0, run with --seeds (default {FULL_FINALISTS}; smoke: 1)"
     )
     parser.add_argument(
         "--final-seeds", type=int, help=f"runs at the chosen rate (default {FULL_FINAL_SEEDS}; smoke: 3)"
