@@ -11,7 +11,8 @@ own virtual environment, skipped when that is absent. The learning rate is tuned
 of 10 words or more, closer to the full sentences of the test set than its short phrases) by successive halving:
 every system runs with seed 0 at each rate of ``--lrs``; the ``--finalists`` rates with the best validation accuracy
 run ``--seeds`` - 1 more seeds; the rate with the best median validation accuracy over the seeds is chosen, so that
-one lucky seed does not decide the rate, and runs up to ``--final-seeds`` seeds. Figures are medians over those
+one lucky seed does not decide the rate, and runs up to ``--final-seeds`` seeds (rates that tie all run them, and
+their medians over those seeds decide). Figures are medians over those
 seeds at the chosen rate, and test.tsv (the GLUE dev set) is only reported. Each finished run
 is kept in ``benchmarks/results/accuracy_runs/`` and read back by the next ``--full`` with the same settings, so an
 interrupted study goes on where it stopped (``--fresh`` reruns all: use it after changing the code).
@@ -189,6 +190,12 @@ def best_on_validation(runs: list[dict[str, Any]], count: int) -> list[dict[str,
     ]
 
 
+def leaders(medians: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Per system and target, the rates with the best median validation accuracy: rates that tie go on together."""
+    best = {(m["system"], m["target"]): m["validation_accuracy"] for m in best_on_validation(medians, 1)}
+    return [m for m in medians if m["validation_accuracy"] == best[m["system"], m["target"]]]
+
+
 def summary(runs: list[dict[str, Any]]) -> dict[str, Any]:
     """Medians over the seeds of one system, target and learning rate."""
     first = runs[0]
@@ -259,14 +266,15 @@ def main() -> None:
             return run_all([(r["system"], r["target"], r["lr"], seed) for r in chosen for seed in seeds])
 
         # Successive halving: seed 0 at every rate; the best rates on validation run more seeds; the rate with the
-        # best median validation accuracy runs more still, and its median over all its seeds is the figure.
+        # best median validation accuracy (or the rates that tie for it) runs more still, and its median over all
+        # its seeds is the figure.
         runs = run_all([(system, target, lr, 0) for system, target in configurations for lr in settings["lrs"]])
         finalists = best_on_validation(runs, settings["finalists"])
         runs += more_seeds(finalists, range(1, settings["seeds"]))
         medians = [summary(runs_at(runs, f)) for f in finalists]
-        chosen = best_on_validation(medians, 1)
-        runs += more_seeds(chosen, range(settings["seeds"], settings["final_seeds"]))
-    summaries = [summary(runs_at(runs, c)) for c in chosen]
+        leading = leaders(medians)
+        runs += more_seeds(leading, range(settings["seeds"], settings["final_seeds"]))
+    summaries = best_on_validation([summary(runs_at(runs, m)) for m in leading], 1)
     dense = next(s["test_accuracy"] for s in summaries if s["system"] == "dense")
     for row in summaries + medians + runs:
         row["test_delta_points"] = 100 * (row["test_accuracy"] - dense)
