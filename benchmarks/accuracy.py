@@ -37,6 +37,7 @@ from lightning.pytorch.callbacks import Callback, ModelPruning
 from torch import nn
 
 from benchmarks.common import (
+    ENCODER_LINEAR,
     LAYER_CAP,
     RESULTS,
     ROOT,
@@ -74,8 +75,8 @@ def ours(settings: dict[str, Any], sparsity: float, prune_type: str) -> list[Cal
         update_frequency=settings["update_frequency"],
         schedule=SCHEDULE,
         scope="global",
-        names=[r"encoder\..*"],
-        max_sparsity_ratio_per_layer=LAYER_CAP,
+        names=[ENCODER_LINEAR],
+        max_sparsity_ratio_per_layer=settings["layer_cap"],
     )
     return [PruningCallback([pruner])]
 
@@ -133,8 +134,6 @@ def finished_run(settings: dict[str, Any], resume: bool, *job: Any) -> dict[str,
     is read back instead, so that an interrupted study goes on where it stopped."""
     plan = ("lrs", "seeds", "finalists", "final_seeds")  # which runs the study makes, not how one run goes
     identity = {key: value for key, value in settings.items() if key not in plan}
-    if job[0].startswith("ours"):
-        identity["max_sparsity_ratio_per_layer"] = LAYER_CAP
     digest = hashlib.sha256(json.dumps([identity, *job], sort_keys=True).encode()).hexdigest()[:16]
     path = RUNS / f"{digest}.json"
     if resume and path.exists():
@@ -244,6 +243,7 @@ def main() -> None:
         "update_frequency": args.update_frequency,
         "schedule": SCHEDULE,
         "scope": "global",
+        "layer_cap": LAYER_CAP,
         "threads": args.threads,
         "model_dir": minilm_dir(),
     }

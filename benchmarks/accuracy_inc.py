@@ -18,7 +18,7 @@ import lightning.pytorch as pl
 from lightning.pytorch.callbacks import Callback
 from typing_extensions import override
 
-from benchmarks.common import LAYER_CAP, SCHEDULE, SST2Classifier, ramp_end, run_sst2
+from benchmarks.common import SCHEDULE, SST2Classifier, ramp_end, run_sst2
 
 os.environ.setdefault("LOGLEVEL", "WARNING")
 
@@ -76,7 +76,7 @@ def inc_callbacks(settings: dict[str, Any], sparsity: float) -> list[Callback]:
         end_step=ramp_end(settings),
         pruning_frequency=settings["update_frequency"],
         sparsity_decay_type=SCHEDULE,
-        max_sparsity_ratio_per_op=LAYER_CAP,
+        max_sparsity_ratio_per_op=settings["layer_cap"],
     )
     return [IncPruning(config)]
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from benchmarks.accuracy import ACCURACY_HEADER, accuracy_rows
-from benchmarks.common import DOCS, LAYER_CAP, load, ramp_end, table
+from benchmarks.common import DOCS, load, ramp_end, table
 from benchmarks.step_time import step_rows
 
 HEADER = """# Benchmarks
@@ -153,9 +153,9 @@ def _accuracy() -> str:
         f"batch {settings['batch_size']}, sequence up to {settings['seq_len']}, AdamW with linear warm-up and "
         f"decay, {settings['chunks']} short epochs). Every system ramps its sparsity up with the "
         f"`{settings['schedule']}` schedule, {settings['scope']} scope (ours and INC prune no layer past "
-        f"{LAYER_CAP:.0%}, INC's default `max_sparsity_ratio_per_op`; ModelPruning has no such limit), over the first "
-        f"{ramp} steps (ours and INC "
-        f"update masks every {settings['update_frequency']} steps, ModelPruning at each of the first "
+        f"{settings['layer_cap']:.0%}, INC's default `max_sparsity_ratio_per_op`; ModelPruning has no such "
+        f"limit), over the first {ramp} steps (ours and INC update masks every {settings['update_frequency']} "
+        "steps, ModelPruning at each of the first "
         f"{settings['ramp_chunks']} epoch ends), then fine-tunes {steps - ramp} steps at the target. Every system "
         f"runs at each learning rate of {', '.join(f'{lr:g}' for lr in settings['lrs'])} with seed 0; the "
         f"{settings['finalists']} rates with the best accuracy on {validation} (closer to the full sentences of the "

@@ -16,7 +16,7 @@ from torch import nn
 from torch.nn.utils import prune
 from transformers import BertModel
 
-from benchmarks.common import bert_config, save, table
+from benchmarks.common import ENCODER_LINEAR, bert_config, save, table
 from lightning_sparsity import Pruner, PruningCallback
 from lightning_sparsity.sparsifier import Sparsifier
 
@@ -48,7 +48,7 @@ def main() -> None:
     dense_memory = storage_bytes(list(weights.values()))
     dense_checkpoint = serialized_bytes({n: w.detach() for n, w in weights.items()})
 
-    pruner = Pruner(target_sparsity_ratio=SPARSITY, names=[r"encoder\..*"])
+    pruner = Pruner(target_sparsity_ratio=SPARSITY, names=[ENCODER_LINEAR])
     callback = PruningCallback([pruner])
     sparsifier = Sparsifier(pruner, weights)
     callback.sparsifiers = [sparsifier]

@@ -23,7 +23,7 @@ from torch.utils.data import DataLoader, TensorDataset
 from transformers import BertForSequenceClassification
 from typing_extensions import override
 
-from benchmarks.common import bert_config, clock, interleaved, median, save, set_threads, table
+from benchmarks.common import ENCODER_LINEAR, bert_config, clock, interleaved, median, save, set_threads, table
 from lightning_sparsity import Pruner, PruningCallback
 
 WARMUP_STEPS = 2
@@ -98,7 +98,7 @@ def pruning(frequency: int) -> TimedPruning:
         initial_sparsity_ratio=0.5,
         step_range=[0, 1000],
         update_frequency=frequency,
-        names=[r"encoder\..*"],
+        names=[ENCODER_LINEAR],
     )
     return TimedPruning([pruner])
 
