@@ -177,11 +177,21 @@ def accuracy_rows(summaries: list[dict[str, Any]]) -> list[list[Any]]:
     ]
 
 
+def configuration_key(run: dict[str, Any]) -> tuple[str, float]:
+    """What a learning rate is tuned for: the run's system and target."""
+    return run["system"], run["target"]
+
+
+def rate_key(run: dict[str, Any]) -> tuple[str, float, float]:
+    """The run's system, target and learning rate: what its seeds share."""
+    return run["system"], run["target"], run["lr"]
+
+
 def best_on_validation(runs: list[dict[str, Any]], count: int) -> list[dict[str, Any]]:
     """Per system and target, the ``count`` runs with the best validation accuracy, best first (first wins ties)."""
     by_configuration: dict[tuple[str, float], list[dict[str, Any]]] = {}
     for run in runs:
-        by_configuration.setdefault((run["system"], run["target"]), []).append(run)
+        by_configuration.setdefault(configuration_key(run), []).append(run)
     return [
         run
         for group in by_configuration.values()
@@ -191,8 +201,8 @@ def best_on_validation(runs: list[dict[str, Any]], count: int) -> list[dict[str,
 
 def leaders(medians: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Per system and target, the rates with the best median validation accuracy: rates that tie go on together."""
-    best = {(m["system"], m["target"]): m["validation_accuracy"] for m in best_on_validation(medians, 1)}
-    return [m for m in medians if m["validation_accuracy"] == best[m["system"], m["target"]]]
+    best = {configuration_key(m): m["validation_accuracy"] for m in best_on_validation(medians, 1)}
+    return [m for m in medians if m["validation_accuracy"] == best[configuration_key(m)]]
 
 
 def summary(runs: list[dict[str, Any]]) -> dict[str, Any]:
@@ -213,7 +223,7 @@ def summary(runs: list[dict[str, Any]]) -> dict[str, Any]:
 
 def runs_at(runs: list[dict[str, Any]], like: dict[str, Any]) -> list[dict[str, Any]]:
     """The runs with ``like``'s system, target and learning rate (its seeds)."""
-    return [r for r in runs if (r["system"], r["target"], r["lr"]) == (like["system"], like["target"], like["lr"])]
+    return [r for r in runs if rate_key(r) == rate_key(like)]
 
 
 def main() -> None:
@@ -263,7 +273,7 @@ def main() -> None:
             return [futures[job].result() for job in jobs]
 
         def more_seeds(chosen: list[dict[str, Any]], seeds: range) -> list[dict[str, Any]]:
-            return run_all([(r["system"], r["target"], r["lr"], seed) for r in chosen for seed in seeds])
+            return run_all([(*rate_key(r), seed) for r in chosen for seed in seeds])
 
         # Successive halving: seed 0 at every rate; the best rates on validation run more seeds; the rate with the
         # best median validation accuracy (or the rates that tie for it) runs more still, and its median over all

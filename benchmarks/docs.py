@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from benchmarks.accuracy import ACCURACY_HEADER, accuracy_rows
+from benchmarks.accuracy import ACCURACY_HEADER, accuracy_rows, configuration_key, rate_key
 from benchmarks.common import DOCS, load, ramp_end, table
 from benchmarks.step_time import step_rows
 
@@ -33,8 +33,8 @@ side by side), not across tables or days.
 
 The accuracy study is sized to finish in about five hours on two shared cores: one pass over a subset
 of SST-2 (300 optimizer steps), the same budget, schedule family and update frequency for every system,
-each system's learning rate chosen on validation.tsv by its median over 3 seeds and accuracy reported on test.tsv
-as a median over 5 seeds at that rate. It
+each system's learning rate chosen on validation.tsv by its median over seeds and accuracy reported on test.tsv
+as a median over seeds at that rate (the counts are in its section below). It
 ranks the systems under that budget; it does not reproduce the published numbers of long fine-tuning runs.
 """
 
@@ -181,12 +181,12 @@ def _tuning_table(result: dict[str, Any], lrs: list[float]) -> tuple[list[str], 
     cells: dict[tuple[str, float], dict[float, str]] = {}
     for r in result["all_runs"]:
         if r["seed"] == 0:
-            cells.setdefault((r["system"], r["target"]), {})[r["lr"]] = f"{r['validation_accuracy']:.3f}"
-    chosen = {(r["system"], r["target"], r["lr"]) for r in result["runs"]}
+            cells.setdefault(configuration_key(r), {})[r["lr"]] = f"{r['validation_accuracy']:.3f}"
+    chosen = {rate_key(r) for r in result["runs"]}
     for r in result["finalists"]:
-        by_lr = cells[r["system"], r["target"]]
+        by_lr = cells[configuration_key(r)]
         cell = f"{by_lr[r['lr']]} / {r['validation_accuracy']:.3f}"
-        by_lr[r["lr"]] = f"**{cell}**" if (r["system"], r["target"], r["lr"]) in chosen else cell
+        by_lr[r["lr"]] = f"**{cell}**" if rate_key(r) in chosen else cell
     rows = [[system, f"{target:.0%}", *(by_lr.get(lr, "") for lr in lrs)] for (system, target), by_lr in cells.items()]
     return ["system", "target", *(f"lr {lr:g}" for lr in lrs)], rows
 
