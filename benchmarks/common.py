@@ -43,6 +43,7 @@ def machine() -> dict[str, Any]:
         "torch": torch.__version__,
         "lightning": pl.__version__,
         "python": platform.python_version(),
+        **({"gpu": torch.cuda.get_device_name()} if torch.cuda.is_available() else {}),
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
     }
 
@@ -75,12 +76,25 @@ def clock() -> tuple[float, float]:
     return time.perf_counter(), time.process_time()
 
 
-def timed(run: Callable[[], Any]) -> tuple[float, float]:
-    """(wall-clock, CPU) seconds of one call."""
+def synchronize(device: str) -> None:
+    """Waits for the work queued on a GPU, so that wall-clock times count it (nothing waits on the CPU)."""
+    if device == "cuda":
+        torch.cuda.synchronize()
+
+
+def timed(run: Callable[[], Any], device: str = "cpu") -> tuple[float, float]:
+    """(wall-clock, CPU) seconds of one call, the GPU work it queued included."""
+    synchronize(device)
     wall, cpu = clock()
     run()
+    synchronize(device)
     wall_end, cpu_end = clock()
     return wall_end - wall, cpu_end - cpu
+
+
+def results_name(name: str, device: str) -> str:
+    """GPU results are kept beside the CPU ones: ``<name>`` on the CPU, ``<name>_cuda`` on a GPU."""
+    return name if device == "cpu" else f"{name}_{device}"
 
 
 def set_threads(threads: int) -> None:

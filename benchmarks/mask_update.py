@@ -4,7 +4,10 @@ Ours (local: each tensor at 90%; global: one threshold), ``torch.nn.utils.prune`
 layer by layer and ``global_unstructured``) and a plain ``kthvalue`` threshold, interleaved round after
 round from the same dense weights. Ours must prune exactly what a full sort prunes (up to ties).
 
-    python -m benchmarks.mask_update [--rounds 3] [--threads 1]
+    python -m benchmarks.mask_update [--rounds 3] [--threads 1] [--device cpu]
+
+With ``--device cuda`` the weights live on the GPU, the clock waits for its work and the results go to
+``mask_update_cuda.json``.
 """
 
 from __future__ import annotations
@@ -17,7 +20,7 @@ from torch import nn
 from torch.nn.utils import prune
 from transformers import BertModel
 
-from benchmarks.common import bert_config, interleaved, median, save, set_threads, table, timed
+from benchmarks.common import bert_config, interleaved, median, results_name, save, set_threads, table, timed
 from lightning_sparsity import Pruner
 from lightning_sparsity.sparsifier import Sparsifier
 
@@ -50,11 +53,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds (medians over them)")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (1: steadier on a shared machine)")
+    parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
     args = parser.parse_args()
     set_threads(args.threads)
 
     torch.manual_seed(0)
-    model = BertModel(bert_config("base")).requires_grad_(True)
+    model = BertModel(bert_config("base")).requires_grad_(True).to(args.device)
     layers = [module for module in model.modules() if isinstance(module, nn.Linear)]
     weights = {name: module.weight for name, module in model.named_modules() if isinstance(module, nn.Linear)}
     dense = [w.detach().clone() for w in weights.values()]
@@ -63,7 +67,7 @@ def main() -> None:
     def from_dense(run: Callable[[], object], cleanup: Callable[[], object] = lambda: None) -> tuple[float, float]:
         for weight, values in zip(weights.values(), dense, strict=True):
             weight.data.copy_(values)
-        times = timed(run)
+        times = timed(run, args.device)
         cleanup()
         return times
 
@@ -101,6 +105,7 @@ def main() -> None:
     ]
     result = {
         "setup": f"BertModel(BertConfig()): {len(weights)} Linear weights, {numel:,} values, {SPARSITY:.0%} sparsity",
+        "device": args.device,
         "threads": args.threads,
         "rounds": args.rounds,
         "ours_global_equals_sort": exact,
@@ -110,7 +115,7 @@ def main() -> None:
     print(result["setup"])
     print(table(["system", "CPU s", "wall s"], [[r["system"], r["cpu_s"], r["wall_s"]] for r in rows]))
     print(f"ours (global) prunes exactly what a full sort prunes, up to ties: {exact}")
-    save("mask_update", result)
+    save(results_name("mask_update", args.device), result)
 
 
 if __name__ == "__main__":
