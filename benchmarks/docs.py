@@ -65,37 +65,34 @@ def _step_time(name: str = "step_time", heading: str = "##") -> str:
     if not result:
         return ""
     goals = {1: 1.10, 10: 1.03} if name == "step_time" else {}  # the goals are set for the CPU machine
-    rows = [
+    headers, rows = _with_goals(
+        ["masks updated every (steps)", "CPU s per step", "CPU ratio", "wall ratio", "callback CPU s per step"]
+        + ["1 + callback / dense", "goal (CPU ratio)"],
+        step_rows(result["rows"]),
         [
-            *row,
-            f"<= {goals[r['update_frequency']]}: {_goal(r['cpu_ratio'], goals[r['update_frequency']])}"
-            if r["update_frequency"] in goals
-            else "",
-        ]
-        for r, row in zip(result["rows"], step_rows(result["rows"]), strict=True)
-    ]
+            f"<= {goals[frequency]}: {_goal(r['cpu_ratio'], goals[frequency])}" if frequency in goals else ""
+            for r in result["rows"]
+            for frequency in [r["update_frequency"]]
+        ],
+    )
     _plot_step_time(result, name)
     return (
         f"{heading} Training step time with the callback / without\n\n{result['setup']}; {result['rounds']} rounds of "
         f"{result['steps_per_fit']} timed steps; {result['threads']} torch thread(s); measured "
         f"{result['machine']['date']}. Dense step: {result['dense_cpu_step_s']:.3f} CPU s "
         f"({result['dense_wall_step_s']:.3f} wall s).\n\n"
-        + table(
-            [
-                "masks updated every (steps)",
-                "CPU s per step",
-                "CPU ratio",
-                "wall ratio",
-                "callback CPU s per step",
-                "1 + callback / dense",
-                "goal (CPU ratio)",
-            ],
-            rows,
-        )
+        + table(headers, rows)
         + "\n\n*callback CPU s per step* is the time spent inside the PruningCallback's per-step hooks, "
         "measured directly; load on the shared machine disturbs it far less than the ratio of two step times.\n"
         + f"\n\n![step time vs update frequency](benchmarks_{name}.png)\n"
     )
+
+
+def _with_goals(headers: list[str], rows: list[list[Any]], goals: list[str]) -> tuple[list[str], list[list[Any]]]:
+    """The table with its last header's goal column where any row has a goal, without that column where none has."""
+    if not any(goals):
+        return headers[:-1], rows
+    return headers, [[*row, goal] for row, goal in zip(rows, goals, strict=True)]
 
 
 def _mask_update(name: str = "mask_update", heading: str = "##") -> str:
@@ -103,16 +100,15 @@ def _mask_update(name: str = "mask_update", heading: str = "##") -> str:
     if not result:
         return ""
     goals = {"ours, local": 0.3, "ours, global": 0.5} if name == "mask_update" else {}
-    rows = [
-        [r["system"], r["cpu_s"], r["wall_s"], f"<= {goals[r['system']]} s" if r["system"] in goals else ""]
-        for r in result["rows"]
-    ]
+    headers, rows = _with_goals(
+        ["system", "CPU s", "wall s", "goal (CPU s)"],
+        [[r["system"], r["cpu_s"], r["wall_s"]] for r in result["rows"]],
+        [f"<= {goals[r['system']]} s" if r["system"] in goals else "" for r in result["rows"]],
+    )
     return (
         f"{heading} One mask update of a bert-base-sized model at 90%\n\n{result['setup']}; {result['rounds']} rounds; "
         f"{result['threads']} torch thread(s); measured {result['machine']['date']}. Ours prunes exactly what a "
-        f"full sort prunes (up to ties): {result['ours_global_equals_sort']}.\n\n"
-        + table(["system", "CPU s", "wall s", "goal (CPU s)"], rows)
-        + "\n"
+        f"full sort prunes (up to ties): {result['ours_global_equals_sort']}.\n\n" + table(headers, rows) + "\n"
     )
 
 
@@ -138,8 +134,9 @@ def _gpu() -> str:
     return (
         f"## On a GPU\n\n{machine['gpu']}, torch {machine['torch']}, Lightning {machine['lightning']}, Python "
         f"{machine['python']}. Not this project's CI machine: a GPU is lent to some sessions only, so these figures "
-        "are rerun by hand (`--device cuda`) and may be older than the CPU figures above. Compare them within a "
-        "table. In wall-clock time the clock waits for the GPU where timing starts and ends; CPU seconds are the "
+        "are rerun by hand and may be older than the CPU figures above: `python -m benchmarks.step_time --device cuda "
+        "--rounds 5 --steps 100` and `python -m benchmarks.mask_update --device cuda --rounds 5`. Compare them within "
+        "a table. In wall-clock time the clock waits for the GPU where timing starts and ends; CPU seconds are the "
         "host's share of the work.\n\n" + "\n".join(s for s in sections if s)
     )
 

@@ -100,9 +100,10 @@ class Sparsifier:
         else:
             bounds = (self.pruner.min_sparsity_ratio_per_layer, self.pruner.max_sparsity_ratio_per_layer)
             settings = (sparsity, self.pattern, self.pruner.method, self.pruner.scope, bounds)
-            if self.pruner.scope == "global":
+            on_cpu = all(weight.device.type == "cpu" for weight in self.weights.values())
+            if self.pruner.scope == "global" or not on_cpu:  # a GPU sorts equal-sized tensors together
                 keeps = pattern_masks(list(scores), *settings)
-            else:  # tensor by tensor, so that one score tensor is alive at a time
+            else:  # tensor by tensor on the CPU, so that one score tensor is alive at a time
                 keeps = [pattern_masks([tensor_scores], *settings)[0] for tensor_scores in scores]
             self.masks = dict(zip(self.weights, keeps, strict=True))
         self.current_target = sparsity
@@ -187,7 +188,8 @@ class Sparsifier:
         self._derived_from = self.masks
         self._masked_weights = [self.weights[name] for name in self.masks]
         self._keep_bytes = [mask.view(torch.uint8) for mask in self.masks.values()]  # multiplies faster than bool
-        self._pruned = sum(m.numel() - int(torch.count_nonzero(m)) for m in self.masks.values())
+        kept = [torch.count_nonzero(m) for m in self.masks.values()]  # all counted before one is read: one GPU wait
+        self._pruned = sum(m.numel() for m in self.masks.values()) - sum(int(count) for count in kept)
 
     def state_dict(self) -> dict[str, Any]:
         """Masks packed 8 to a byte (uint8), scores as they are, and the schedule position."""

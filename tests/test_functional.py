@@ -11,11 +11,12 @@ from lightning_sparsity.functional import (
     parse_pattern,
     pattern_masks,
     scheduled_sparsity,
+    smallest_k_each,
     smallest_k_mask,
     snip_momentum_scores_,
 )
 from lightning_sparsity.functional.schedules import SCHEDULES, is_update_point, last_update_point, ramp_progress
-from lightning_sparsity.functional.selection import _smallest_k_by_sort
+from lightning_sparsity.functional.selection import _smallest_k_by_sort, _smallest_k_each_by_sort
 
 
 @pytest.mark.parametrize("schedule", SCHEDULES)
@@ -92,6 +93,27 @@ def test_selection_by_sort_on_gpus_prunes_what_the_cpu_selection_prunes():
             on_gpu = smallest_k_mask([v.cuda() for v in values], k)
             assert all(torch.equal(keep.reshape(-1).cpu(), e) for keep, e in zip(on_gpu, expected, strict=True))
             assert kth_smallest([v.cuda() for v in values], k).item() == kth_smallest(values, k).item()
+
+
+def test_local_selection_on_gpus_sorts_equal_sized_tensors_together_and_prunes_what_the_cpu_prunes():
+    """Tensor by tensor, GPUs rank tensors of equal size and k as rows of one stable sort: each tensor still
+    loses exactly its own k smallest elements, ties broken by position as on the CPU."""
+    generator = torch.Generator().manual_seed(4)
+    values = [
+        torch.randint(0, 9, (96, 128), generator=generator).float(),  # many ties
+        torch.randn(128, 96, generator=generator),  # as many elements as the first
+        torch.randn(96, 128, generator=generator),
+        torch.zeros(40, 30),  # all tied
+        torch.randn(500, generator=generator),
+    ]
+    ks = [6000, 6000, 11000, 700, 0]
+    expected = [smallest_k_mask([v], k)[0] for v, k in zip(values, ks, strict=True)]
+    by_sort = _smallest_k_each_by_sort(values, ks)
+    assert all(map(torch.equal, by_sort, expected))
+    assert [int((~keep).sum()) for keep in by_sort] == ks
+    if torch.cuda.is_available():
+        on_gpu = smallest_k_each([v.cuda() for v in values], ks)
+        assert all(torch.equal(keep.cpu(), e) for keep, e in zip(on_gpu, expected, strict=True))
 
 
 def test_parse_pattern_forms_and_errors():

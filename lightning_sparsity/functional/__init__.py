@@ -11,7 +11,7 @@ from lightning_sparsity.functional.criteria import (
 )
 from lightning_sparsity.functional.patterns import Pattern, group_scores, parse_pattern, pattern_masks
 from lightning_sparsity.functional.schedules import scheduled_sparsity
-from lightning_sparsity.functional.selection import kth_smallest, smallest_k_mask
+from lightning_sparsity.functional.selection import kth_smallest, smallest_k_each, smallest_k_mask
 
 __all__ = [
     "Pattern",
@@ -23,6 +23,7 @@ __all__ = [
     "parse_pattern",
     "pattern_masks",
     "scheduled_sparsity",
+    "smallest_k_each",
     "smallest_k_mask",
     "snip_momentum_scores_",
 ]

@@ -24,7 +24,7 @@ from typing import Literal, get_args
 import torch
 from torch import Tensor
 
-from lightning_sparsity.functional.selection import smallest_k_mask
+from lightning_sparsity.functional.selection import smallest_k_each, smallest_k_mask
 
 Method = Literal["per_tensor", "per_channel"]
 Scope = Literal["local", "global"]
@@ -174,7 +174,7 @@ def pattern_masks(
     elif method == "per_channel":
         keeps = [_per_row_mask(u, round(min(sparsity, high) * u.shape[1])) for u in units]
     else:
-        keeps = [smallest_k_mask([u], round(min(sparsity, high) * u.numel()))[0] for u in units]
+        keeps = smallest_k_each(units, [round(min(sparsity, high) * u.numel()) for u in units])
     return [_unit_to_weight_mask(keep, s.shape, pattern) for keep, s in zip(keeps, scores, strict=True)]
 
 
