@@ -135,10 +135,11 @@ def _memory() -> str:
 
 def _gpu() -> str:
     """The step-time and mask-update figures measured on a GPU, where a session had one (``--device cuda``)."""
-    sections = [_step_time("step_time_cuda", "###"), _mask_update("mask_update_cuda", "###")]
-    if not any(sections):
+    results = [result for result in (load("step_time_cuda"), load("mask_update_cuda")) if result]
+    if not results:
         return ""
-    machine = next(load(name)["machine"] for name in ("step_time_cuda", "mask_update_cuda") if load(name))
+    sections = [_step_time("step_time_cuda", "###"), _mask_update("mask_update_cuda", "###")]
+    machine = results[0]["machine"]
     return (
         f"## On a GPU\n\n{machine['gpu']}, torch {machine['torch']}, Lightning {machine['lightning']}, Python "
         f"{machine['python']}. Not this project's CI machine: a GPU is lent to some sessions only, so these figures "

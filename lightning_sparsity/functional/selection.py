@@ -90,7 +90,8 @@ def _smallest_k_each_by_sort(values: Sequence[Tensor], ks: Sequence[int]) -> lis
     for index, (v, k) in enumerate(zip(values, ks, strict=True)):
         alike.setdefault((v.device, v.numel(), k), []).append(index)
     for (_, _, k), indices in alike.items():
-        rows = torch.stack([values[i].reshape(-1) for i in indices])
+        flats = [values[i].reshape(1, -1) for i in indices]
+        rows = flats[0] if len(flats) == 1 else torch.cat(flats)  # one tensor is sorted where it is, not copied
         keep = torch.ones_like(rows, dtype=torch.bool)
         if k > 0:
             keep.scatter_(1, torch.sort(rows, dim=1, stable=True).indices[:, :k], False)
@@ -100,10 +101,8 @@ def _smallest_k_each_by_sort(values: Sequence[Tensor], ks: Sequence[int]) -> lis
 
 
 def _smallest_k_by_sort(flats: Sequence[Tensor], k: int) -> list[Tensor]:
-    """Keep-masks pruning the first ``k`` elements of a stable sort: the k smallest, ties by position."""
-    everything = torch.cat(flats)
-    keep = torch.ones_like(everything, dtype=torch.bool)
-    keep[torch.sort(everything, stable=True).indices[:k]] = False
+    """Keep-masks pruning the first ``k`` elements of one stable sort of all of ``flats``: ties by position."""
+    keep = _smallest_k_each_by_sort([torch.cat(flats)], [k])[0]
     return list(keep.split([flat.numel() for flat in flats]))
 
 
