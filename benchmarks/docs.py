@@ -229,10 +229,21 @@ def _accuracy_goal(runs: list[dict[str, Any]], target: float, points: float) -> 
         f"(goal: within {points}: {'met' if close else 'missed'}); beside the peers: "
         + ", ".join(
             f"{'ahead of' if ours['test_accuracy'] > r['test_accuracy'] else 'not ahead of'} {r['system']} "
-            f"({r['test_delta_points']:+.1f})"
+            f"({r['test_delta_points']:+.1f}; ours minus it, seed by seed: {_paired_points(ours, r)})"
             for r in peers
         )
         + "."
+    )
+
+
+def _paired_points(ours: dict[str, Any], peer: dict[str, Any]) -> str:
+    """Test accuracy differences in points on the seeds both ran: the same seed is the same training subset, order,
+    head initialisation and dropout, so these show whether a gap between medians is more than seed noise."""
+    peer_by_seed = dict(zip(peer["seeds"], peer["test_accuracies"], strict=True))
+    return " ".join(
+        f"{100 * (accuracy - peer_by_seed[seed]):+.1f}"
+        for seed, accuracy in zip(ours["seeds"], ours["test_accuracies"], strict=True)
+        if seed in peer_by_seed
     )
 
 
