@@ -23,13 +23,17 @@ ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "benchmarks" / "results"
 DOCS = ROOT / "docs"
 
-#: MiniLM-sized BERT (the size of all-MiniLM-L6): hidden 384, 6 layers, intermediate 1536.
-MINILM = dict(hidden_size=384, num_hidden_layers=6, num_attention_heads=12, intermediate_size=1536)
+#: BERT sizes: MiniLM-sized (all-MiniLM-L6), bert-base (the ``BertConfig()`` defaults) and bert-large.
+SIZES: dict[str, dict[str, int]] = {
+    "minilm": dict(hidden_size=384, num_hidden_layers=6, num_attention_heads=12, intermediate_size=1536),
+    "base": {},
+    "large": dict(hidden_size=1024, num_hidden_layers=24, num_attention_heads=16, intermediate_size=4096),
+}
 
 
 def bert_config(size: str, **overrides: Any) -> BertConfig:
-    """``minilm`` (hidden 384, 6 layers) or ``base`` (``BertConfig()`` defaults), randomly initialised."""
-    settings = dict(MINILM) if size == "minilm" else {}
+    """A randomly initialised BERT of ``size``: ``minilm``, ``base`` or ``large`` (see ``SIZES``)."""
+    settings: dict[str, Any] = dict(SIZES[size])
     settings.update(overrides)
     return BertConfig(**settings)
 
