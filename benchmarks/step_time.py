@@ -4,7 +4,7 @@ A MiniLM-sized BERT (hidden 384, 6 layers, random init), batch 16, sequence 64, 
 Every variant trains the same fresh model copy for the same steps; variants run interleaved, round after
 round, and each round's mean step time (update steps included) is divided by the same round's dense run.
 
-    python -m benchmarks.step_time [--rounds 5] [--steps 10] [--frequencies 1 10 100] [--threads 1] [--device cpu]
+    python -m benchmarks.step_time [--rounds 15] [--steps 10] [--frequencies 1 10 100] [--threads 1] [--device cpu]
 
 Ratios are given in process CPU time (one torch thread: what the step costs on an idle core) and in
 wall-clock time (which on a shared machine also counts the time other processes held the cores). On a GPU
@@ -154,7 +154,9 @@ def step_rows(rows: list[dict[str, Any]]) -> list[list[Any]]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--rounds", type=int, default=5, help="interleaved rounds (medians over them)")
+    parser.add_argument(
+        "--rounds", type=int, default=15, help="interleaved rounds (medians over them; fewer leave a 1%% cost in noise)"
+    )
     parser.add_argument("--steps", type=int, default=10, help="timed optimizer steps per fit")
     parser.add_argument("--frequencies", type=int, nargs="+", default=[1, 10, 100])
     parser.add_argument("--threads", type=int, default=1, help="torch threads (1: steadier on a shared machine)")
