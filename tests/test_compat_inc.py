@@ -239,6 +239,56 @@ def test_global_layer_bounds_are_exact_and_pick_the_lowest_feasible_scores():
     assert [int((~k).sum()) for k in keeps] == [10, 10]
 
 
+def _lowest_feasible(units: list[torch.Tensor], sparsity: float, low: float, high: float) -> list[torch.Tensor]:
+    """Reference for global layer bounds: one stable sort of everything, each tensor's floor lowest at -inf and
+    everything past its cap at +inf (ties by position, tensor by tensor)."""
+    limited, floors, caps = [], 0, 0
+    for unit in units:
+        n = unit.numel()
+        cap = int(high * n + 1e-9)
+        floor = min(int(low * n + 1e-9), cap)
+        rank = torch.empty(n, dtype=torch.long)
+        rank[torch.sort(unit.reshape(-1), stable=True).indices] = torch.arange(n)
+        values = unit.reshape(-1).double().clone()
+        values[rank >= cap] = float("inf")
+        values[rank < floor] = float("-inf")
+        limited.append(values)
+        floors, caps = floors + floor, caps + cap
+    k = min(max(round(sparsity * sum(u.numel() for u in units)), floors), caps)
+    keep = torch.ones(sum(u.numel() for u in units), dtype=torch.bool)
+    keep[torch.sort(torch.cat(limited), stable=True).indices[:k]] = False
+    return [part.view_as(unit) for part, unit in zip(keep.split([u.numel() for u in units]), units, strict=True)]
+
+
+@pytest.mark.parametrize("steps", [1, 2, 4, 6])
+@pytest.mark.parametrize("bounds", [(0.0, 0.5), (0.2, 0.6), (0.0, 0.95)])
+def test_global_layer_bounds_prune_what_one_sort_with_every_cap_prunes(steps: int, bounds: tuple[float, float]):
+    """A staircase of scales makes one tensor after another pass its cap, so the caps are set over several
+    selections (past 3 of them all at once); integer scores make ties at every threshold. Tensors of 90,000
+    scores take the CPU's bracket selection."""
+    generator = torch.Generator().manual_seed(steps)
+    shapes = [(300, 300), (7, 13), (300, 300), (64, 64), (1, 50), (300, 300)][:steps]
+    units = [torch.randint(0, 20, shape, generator=generator).float() * 100.0**i for i, shape in enumerate(shapes)]
+    for sparsity in (0.3, 0.55, 0.8):
+        sparsity = max(sparsity, bounds[0])
+        expected = _lowest_feasible(units, sparsity, *bounds)
+        keeps = pattern_masks(units, sparsity, parse_pattern("1x1"), scope="global", layer_bounds=bounds)
+        assert all(torch.equal(keep, want) for keep, want in zip(keeps, expected, strict=True))
+
+
+def test_global_layer_bounds_set_every_cap_when_tensors_pass_theirs_one_by_one():
+    """Sizes chosen so that each selection pushes the next tensor past its cap (half of it): more rounds than the
+    selection spends before it sets every cap."""
+    generator = torch.Generator().manual_seed(0)
+    sizes = [100_000, 60_000, 15_000, 4_000, 800, 220_000]
+    units = [torch.randint(1, 20, (size // 100, 100), generator=generator) * 100.0**i for i, size in enumerate(sizes)]
+    sparsity = 90_000 / sum(sizes)
+    keeps = pattern_masks(units, sparsity, parse_pattern("1x1"), scope="global", layer_bounds=(0.0, 0.5))
+    assert [int((~keep).sum()) for keep in keeps] == [50_000, 30_000, 7_500, 2_000, 400, 100]
+    expected = _lowest_feasible(units, sparsity, 0.0, 0.5)
+    assert all(torch.equal(keep, want) for keep, want in zip(keeps, expected, strict=True))
+
+
 def test_local_layer_bound_caps_each_tensor():
     keeps = pattern_masks([torch.rand(8, 8)], 0.9, parse_pattern("1x1"), layer_bounds=(0.0, 0.75))
     assert int((~keeps[0]).sum()) == 48

@@ -178,23 +178,42 @@ def pattern_masks(
     return [_unit_to_weight_mask(keep, s.shape, pattern) for keep, s in zip(keeps, scores, strict=True)]
 
 
+_CAP_ROUNDS = 3  # selections that cap only the tensors pruned past their caps, before all caps are set
+
+
 def _bounded_global_mask(units: Sequence[Tensor], sparsity: float, low: float, high: float) -> list[Tensor]:
     """The globally lowest units, each tensor losing between ``floor(low * n)`` and ``floor(high * n)``.
 
-    Each tensor's mandatory units score ``-inf`` and those past its cap ``+inf``, so one exact selection
-    takes the best feasible set; the total is ``round(sparsity * units)`` whenever the limits allow it.
+    The best feasible set is what one selection prunes once each tensor's mandatory units score ``-inf`` and those
+    past its cap ``+inf``; the total is ``round(sparsity * units)`` whenever the limits allow it. A cap is set only
+    on a tensor that a selection prunes past it, and the selection is redone: a selection that respects every cap
+    is the one that all caps set would give, and where caps bind little (the usual case) it costs one global
+    selection instead of one more per tensor. After ``_CAP_ROUNDS`` selections, every cap is set.
     """
-    limited = []
-    least = most = 0
-    for unit in units:
-        cap = _whole_units(high, unit.numel())
-        floor = min(_whole_units(low, unit.numel()), cap)
-        allowed = ~smallest_k_mask([unit], cap)[0]
-        required = ~smallest_k_mask([unit], floor)[0]
-        limited.append(unit.masked_fill(~allowed, float("inf")).masked_fill(required, float("-inf")))
-        least, most = least + floor, most + cap
-    k = round(sparsity * sum(u.numel() for u in units))
-    return smallest_k_mask(limited, min(max(k, least), most))
+    caps = [_whole_units(high, unit.numel()) for unit in units]
+    floors = [min(_whole_units(low, unit.numel()), cap) for unit, cap in zip(units, caps, strict=True)]
+    limited = [
+        unit if floor == 0 else unit.masked_fill(~smallest_k_mask([unit], floor)[0], float("-inf"))
+        for unit, floor in zip(units, floors, strict=True)
+    ]
+    k = min(max(round(sparsity * sum(u.numel() for u in units)), sum(floors)), sum(caps))
+    uncapped = [index for index, (unit, cap) in enumerate(zip(units, caps, strict=True)) if cap < unit.numel()]
+
+    def set_caps(indices: list[int]) -> None:
+        for index in indices:
+            past_cap = smallest_k_mask([units[index]], caps[index])[0]
+            limited[index] = limited[index].masked_fill(past_cap, float("inf"))
+
+    for _ in range(_CAP_ROUNDS):
+        keeps = smallest_k_mask(limited, k)
+        kept = torch.stack([torch.count_nonzero(keeps[i]) for i in uncapped]).tolist() if uncapped else []
+        over = [i for i, count in zip(uncapped, kept, strict=True) if keeps[i].numel() - count > caps[i]]
+        if not over:
+            return keeps
+        set_caps(over)
+        uncapped = [index for index in uncapped if index not in over]
+    set_caps(uncapped)
+    return smallest_k_mask(limited, k)
 
 
 def _whole_units(ratio: float, count: int) -> int:
