@@ -10,7 +10,7 @@ from typing import Any, Literal, Optional, get_args
 from lightning_sparsity.functional.patterns import METHODS, SCOPES, Method, Pattern, Scope, parse_pattern
 from lightning_sparsity.functional.schedules import SCHEDULES, ScheduleName
 
-PruneType = Literal["BasicMagnitude", "PatternLock", "GroupLasso", "SnipMomentum", "Gradient"]
+PruneType = Literal["BasicMagnitude", "PatternLock", "GroupLasso", "SnipMomentum", "Gradient", "OBS"]
 PRUNE_TYPES: tuple[str, ...] = get_args(PruneType)
 
 #: Settings each prune type accepts in ``parameters``, with their defaults.
@@ -20,6 +20,7 @@ ALGORITHM_DEFAULTS: dict[str, dict[str, float]] = {
     "GroupLasso": {"alpha": 1e-5},
     "SnipMomentum": {"momentum": 0.9},
     "Gradient": {},
+    "OBS": {"block_size": 32, "fisher_decay": 0.95, "damping": 0.1},
 }
 
 
@@ -30,7 +31,9 @@ class Pruner:
     Args:
         prune_type: ``BasicMagnitude`` (gradual magnitude pruning), ``PatternLock`` (keep the zeros the
             model has, add none), ``GroupLasso`` (group-lasso penalty on ``pattern`` blocks plus block
-            pruning), ``SnipMomentum`` (momentum of ``|w * grad|``) or ``Gradient`` (``|grad|``).
+            pruning), ``SnipMomentum`` (momentum of ``|w * grad|``), ``Gradient`` (``|grad|``) or ``OBS`` (Optimal
+            Brain Surgeon as oBERT applies it: a block-diagonal empirical Fisher scores the weights, and the kept
+            weights of a block move to make up for its pruned ones; unstructured ``"1x1"`` only).
         target_sparsity_ratio: final fraction of zeros, in [0, 1).
         initial_sparsity_ratio: fraction of zeros at the start of the ramp, at most the target.
         epoch_range: inclusive ``[first, last]`` epochs of the ramp; masks update at epoch starts and
@@ -46,7 +49,10 @@ class Pruner:
         names: regular expressions full-matched against parameter names or their dotted suffixes;
             empty selects every Linear and Conv weight but the model's last one (its output head).
         excluded_names: expressions of the same form removed from the selection.
-        parameters: algorithm settings, e.g. ``{"alpha": 1e-4}`` for GroupLasso.
+        parameters: algorithm settings, e.g. ``{"alpha": 1e-4}`` for GroupLasso; for OBS ``block_size`` (consecutive
+            weights of a row per Fisher block, dividing every weight's in_features; the Fisher holds ``block_size``
+            floats per weight until the ramp ends), ``fisher_decay`` (of its running mean) and ``damping`` (added to
+            its diagonal, relative to the diagonal's mean).
         min_sparsity_ratio_per_layer: no weight is pruned less than this (or than the current scheduled
             ratio, if lower) when ``scope="global"`` spreads the ratio unevenly; INC's ``min_sparsity_ratio_per_op``.
         max_sparsity_ratio_per_layer: no weight is pruned more than this, in either scope; at least the target.
@@ -95,6 +101,8 @@ class Pruner:
             raise ValueError(
                 f'Pruner.method="per_channel" does not suit pattern={self.pattern!r}: use method="per_tensor"'
             )
+        if self.prune_type == "OBS" and self.pattern != "1x1":
+            raise ValueError(f'Pruner.pattern={self.pattern!r} does not suit prune_type="OBS": use pattern="1x1"')
         if self.prune_type == "GroupLasso" and (parsed.is_n_of_m or parsed.is_structured):
             raise ValueError(
                 f'Pruner.pattern={self.pattern!r} does not suit prune_type="GroupLasso": use a block pattern "NxM"'
@@ -148,8 +156,14 @@ class Pruner:
                 )
             if not _is_number(value) or not math.isfinite(value) or value < 0:
                 raise ValueError(f"Pruner.parameters[{key!r}] must be a finite number >= 0, got {value!r}")
-        if "momentum" in self.parameters and self.parameters["momentum"] >= 1:
-            raise ValueError(f"Pruner.parameters['momentum'] must be in [0, 1), got {self.parameters['momentum']}")
+        for key in ("momentum", "fisher_decay"):
+            if self.parameters.get(key, 0.0) >= 1:
+                raise ValueError(f"Pruner.parameters[{key!r}] must be in [0, 1), got {self.parameters[key]}")
+        if self.parameters.get("damping", 1.0) <= 0:
+            raise ValueError(f"Pruner.parameters['damping'] must be > 0, got {self.parameters['damping']}")
+        block_size = self.parameters.get("block_size", 1)
+        if block_size < 1 or not float(block_size).is_integer():
+            raise ValueError(f"Pruner.parameters['block_size'] must be an integer >= 1, got {block_size}")
         return dict(self.parameters)
 
 

@@ -10,9 +10,13 @@ from torch import Tensor, nn
 
 from lightning_sparsity.functional.bits import pack_bits, unpack_bits
 from lightning_sparsity.functional.criteria import (
+    fisher_blocks_update_,
     gradient_scores_,
     group_lasso_grad_,
     magnitude_scores,
+    obs_inverse,
+    obs_scores,
+    obs_update_,
     snip_momentum_scores_,
 )
 from lightning_sparsity.functional.patterns import pattern_masks
@@ -40,6 +44,7 @@ class Sparsifier:
         self.settings = pruner.algorithm_settings
         self.masks: dict[str, Tensor] = {}
         self.scores: dict[str, Tensor] = {}
+        self.fisher: dict[str, Tensor] = {}  # OBS: Fisher blocks per weight, (blocks, size, size), until the ramp ends
         self.last_update: Optional[int] = None
         self.current_target = 0.0
         self.scored_steps = 0
@@ -93,7 +98,9 @@ class Sparsifier:
                 f"weight {name!r} holds NaN or infinite values at a pruning mask update; lower the "
                 "learning rate, enable gradient clipping (Trainer(gradient_clip_val=...)) or use fp32"
             )
-        scores = (self._scores_for(name, weight) for name, weight in self.weights.items())
+        inverses = self._obs_inverses() if self.fisher else {}
+        scores = (self._scores_for(name, weight, inverses.get(name)) for name, weight in self.weights.items())
+        previous = self.masks
         if self.groups:
             named_scores = dict(zip(self.weights, scores, strict=True))
             self.masks = structured_masks(self.groups, named_scores, sparsity, self.pruner.scope)
@@ -106,14 +113,28 @@ class Sparsifier:
             else:  # tensor by tensor on the CPU, so that one score tensor is alive at a time
                 keeps = [pattern_masks([tensor_scores], *settings)[0] for tensor_scores in scores]
             self.masks = dict(zip(self.weights, keeps, strict=True))
+        for name, inverse in inverses.items():
+            pruned = self.masks[name].logical_not()
+            obs_update_(self.weights[name], inverse, pruned if name not in previous else pruned & previous[name])
+        if self.fisher and sparsity >= self.pruner.target_sparsity_ratio:
+            self.fisher = {}  # the ramp is over: no later update reads it
         self.current_target = sparsity
         self.apply_masks()
+
+    def _obs_inverses(self) -> dict[str, Tensor]:
+        """OBS: every weight's inverse Fisher blocks over the weights its mask still keeps."""
+        damping = self.settings["damping"]
+        return {
+            name: obs_inverse(fisher, self.masks.get(name, torch.ones_like(fisher[:, 0], dtype=torch.bool)), damping)
+            for name, fisher in self.fisher.items()
+        }
 
     def follow_weights(self) -> None:
         """Moves masks and scores to their weights' devices: Lightning moves the model to the CPU after a fit on a
         GPU, and a later fit may run on another device than the one the masks were made on."""
         self.masks = {name: mask.to(self.weights[name].device) for name, mask in self.masks.items()}
         self.scores = {name: score.to(self.weights[name].device) for name, score in self.scores.items()}
+        self.fisher = {name: fisher.to(self.weights[name].device) for name, fisher in self.fisher.items()}
 
     @torch.no_grad()
     def apply_masks(self) -> None:
@@ -137,8 +158,10 @@ class Sparsifier:
         inf or NaN leaves the scores alone; the check waits for the GPU, so it is left out without a scaler.
         """
         prune_type = self.pruner.prune_type
-        if prune_type not in ("SnipMomentum", "Gradient", "GroupLasso"):
+        if prune_type not in ("SnipMomentum", "Gradient", "GroupLasso", "OBS"):
             return
+        if prune_type == "OBS" and self.last_update is not None and self.current_target >= self.final_target:
+            return  # the ramp is over: the Fisher is no longer kept
         if prune_type != "GroupLasso" and skip_non_finite:
             grads = [w.grad for w in self.weights.values() if w.grad is not None]
             if grads and not _all_finite(grads):
@@ -150,6 +173,15 @@ class Sparsifier:
                 rows, cols = self.pattern.block_shape(weight.shape)
                 group_lasso_grad_(weight.grad, weight, rows, cols, self.settings["alpha"])
                 continue
+            if prune_type == "OBS":
+                fisher = self.fisher.get(name)
+                if fisher is None:
+                    size = int(self.settings["block_size"])
+                    fisher = self.fisher[name] = weight.new_zeros(
+                        (weight.numel() // size, size, size), dtype=torch.float32
+                    )
+                fisher_blocks_update_(fisher, weight.grad, self.settings["fisher_decay"])
+                continue
             scores = self.scores.get(name)
             if scores is None:
                 scores = self.scores[name] = torch.zeros_like(weight, dtype=torch.float32)
@@ -160,19 +192,20 @@ class Sparsifier:
         if prune_type != "GroupLasso":
             self.scored_steps += 1
 
-    def _scores_for(self, name: str, weight: Tensor) -> Tensor:
+    def _scores_for(self, name: str, weight: Tensor, inverse: Optional[Tensor] = None) -> Tensor:
         """Importance scores in a fresh tensor, already-pruned weights at -1 (gradient types fall back to
-        magnitude until a gradient has been seen).
+        magnitude until a gradient has been seen; OBS scores from ``inverse``, its inverse Fisher blocks).
 
         Every criterion scores >= 0, so -1 ranks pruned weights first like ``-inf`` would; setting it by
         arithmetic (``mul_``, ``add_``) is several times faster on CPU than ``masked_fill_``.
         """
         stored = self.scores.get(name) if self.scored_steps else None
+        fresh = magnitude_scores(weight).float() if inverse is None else obs_scores(weight, inverse)
         mask = self.masks.get(name)
         if mask is None:
-            return magnitude_scores(weight).float() if stored is None else stored.clone()
+            return fresh if stored is None else stored.clone()
         keep = mask.view(torch.uint8)  # multiplies faster than bool
-        scores = magnitude_scores(weight).float().mul_(keep) if stored is None else stored * keep
+        scores = fresh.mul_(keep) if stored is None else stored * keep
         return scores.add_(mask.logical_not().view(torch.uint8), alpha=-1.0)
 
     def mask_sparsity(self) -> float:
@@ -196,14 +229,15 @@ class Sparsifier:
         return {
             "masks": {name: pack_bits(mask) for name, mask in self.masks.items()},
             "scores": dict(self.scores),
+            "fisher": dict(self.fisher),
             "last_update": self.last_update,
             "current_target": self.current_target,
             "scored_steps": self.scored_steps,
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        for kind in ("masks", "scores"):
-            unknown = set(state[kind]) - set(self.weights)
+        for kind in ("masks", "scores", "fisher"):
+            unknown = set(state.get(kind, {})) - set(self.weights)
             if unknown:
                 raise ValueError(
                     f"the checkpoint's pruning {kind} name weights this pruner does not select: {sorted(unknown)}; "
@@ -211,6 +245,7 @@ class Sparsifier:
                 )
         self.masks = {n: _unpacked(m, self.weights[n]) for n, m in state["masks"].items()}
         self.scores = {n: s.to(self.weights[n].device) for n, s in state["scores"].items()}
+        self.fisher = {n: f.to(self.weights[n].device) for n, f in state.get("fisher", {}).items()}
         self.last_update = state["last_update"]
         self.current_target = float(state["current_target"])
         self.scored_steps = int(state["scored_steps"])
@@ -237,6 +272,13 @@ def _check_weight(name: str, weight: nn.Parameter, pruner: Pruner) -> None:
         raise ValueError(
             f"weight {name!r} is frozen (requires_grad=False): pruning it would leave it unable to recover; "
             "unfreeze it or remove it with Pruner.excluded_names"
+        )
+    block_size = int(pruner.algorithm_settings.get("block_size", 1))
+    if pruner.prune_type == "OBS" and (weight.numel() // weight.shape[0]) % block_size:
+        raise ValueError(
+            f"Pruner.parameters['block_size']={block_size} does not divide the {weight.numel() // weight.shape[0]} "
+            f"in_features of weight {name!r}; pick a block size that divides every selected weight's rows or "
+            "exclude the weight with Pruner.excluded_names"
         )
     if not pruner.parsed_pattern.divides(weight.shape):
         raise ValueError(

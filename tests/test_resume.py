@@ -32,6 +32,13 @@ PRUNERS: dict[str, dict[str, Any]] = {
     ),
     "SnipMomentum": dict(prune_type="SnipMomentum", target_sparsity_ratio=0.7, step_range=[2, 20], update_frequency=3),
     "Gradient": dict(prune_type="Gradient", target_sparsity_ratio=0.6, step_range=[4, 16], update_frequency=5),
+    "OBS": dict(
+        prune_type="OBS",
+        target_sparsity_ratio=0.7,
+        step_range=[2, 20],
+        update_frequency=3,
+        parameters={"block_size": 8},
+    ),
 }
 
 

@@ -32,3 +32,39 @@ def group_lasso_grad_(grad: Tensor, weight: Tensor, rows: int, cols: int, alpha:
     norms = block_reduce(w.square(), rows, cols).sqrt_().clamp_min_(torch.finfo(torch.float32).tiny)
     penalty = w / expand_blocks(norms, rows, cols)
     return grad.add_(penalty.view_as(grad).to(grad.dtype), alpha=alpha)
+
+
+def fisher_blocks_update_(fisher: Tensor, grad: Tensor, decay: float) -> Tensor:
+    """``fisher = decay * fisher + (1 - decay) * g gᵀ`` for every block of ``fisher.shape[-1]`` consecutive weights
+    of a row, in place: the block-diagonal empirical Fisher of the loss that OBS scores with."""
+    g = grad.detach().float().reshape(-1, fisher.shape[-1])
+    return fisher.mul_(decay).baddbmm_(g.unsqueeze(2), g.unsqueeze(1), alpha=1.0 - decay)
+
+
+def obs_inverse(fisher: Tensor, keep: Tensor, damping: float) -> Tensor:
+    """Inverse of every damped Fisher block over the weights ``keep`` still holds: pruned weights are decoupled, so
+    that OBS scores and updates leave them out. ``damping`` is relative to the mean of the diagonal."""
+    size = fisher.shape[-1]
+    kept = keep.reshape(-1, size).float()
+    scale = fisher.diagonal(dim1=1, dim2=2).mean()
+    scale = torch.where(scale > 0, scale, torch.ones_like(scale))  # no gradient yet: OBS scores by magnitude
+    damped = fisher + (damping * scale) * torch.eye(size, device=fisher.device)
+    restricted = damped * kept[:, :, None] * kept[:, None, :] + torch.diag_embed(1.0 - kept)
+    return torch.cholesky_inverse(torch.linalg.cholesky(restricted))
+
+
+def obs_scores(weight: Tensor, inverse: Tensor) -> Tensor:
+    """``w² / (2 [F⁻¹]ᵢᵢ)``: the rise in loss that OBS predicts for pruning each weight alone (OBS, oBERT)."""
+    w = weight.detach().float().reshape(inverse.shape[:2])
+    return (w.square() / (2.0 * inverse.diagonal(dim1=1, dim2=2))).view(weight.shape)
+
+
+def obs_update_(weight: Tensor, inverse: Tensor, pruned: Tensor) -> Tensor:
+    """Moves the kept weights of every block to make up for its newly ``pruned`` ones, in place (OBS:
+    ``δw = -F⁻¹[:, Q] (F⁻¹[Q, Q])⁻¹ w_Q``); the pruned weights land on zero, up to rounding (the masks then
+    zero them exactly)."""
+    q = pruned.reshape(inverse.shape[:2]).float()
+    w = weight.detach().float().reshape(q.shape)
+    restricted = inverse * q[:, :, None] * q[:, None, :] + torch.diag_embed(1.0 - q)
+    solved = torch.linalg.solve(restricted, (w * q).unsqueeze(-1))
+    return weight.sub_((inverse @ solved).view(weight.shape).to(weight.dtype))
