@@ -51,8 +51,8 @@ class Pruner:
         excluded_names: expressions of the same form removed from the selection.
         parameters: algorithm settings, e.g. ``{"alpha": 1e-4}`` for GroupLasso; for OBS ``block_size`` (consecutive
             weights of a row per Fisher block, dividing every weight's in_features; the Fisher holds ``block_size``
-            floats per weight until the ramp ends), ``fisher_decay`` (of its running mean) and ``damping`` (added to
-            its diagonal, relative to the diagonal's mean).
+            floats per weight until the ramp ends, and its inverse as many during a mask update), ``fisher_decay``
+            (of its running mean) and ``damping`` (added to its diagonal, relative to the diagonal's mean).
         min_sparsity_ratio_per_layer: no weight is pruned less than this (or than the current scheduled
             ratio, if lower) when ``scope="global"`` spreads the ratio unevenly; INC's ``min_sparsity_ratio_per_op``.
         max_sparsity_ratio_per_layer: no weight is pruned more than this, in either scope; at least the target.

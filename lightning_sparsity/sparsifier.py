@@ -225,7 +225,7 @@ class Sparsifier:
         self._pruned = sum(m.numel() for m in self.masks.values()) - sum(int(count) for count in kept)
 
     def state_dict(self) -> dict[str, Any]:
-        """Masks packed 8 to a byte (uint8), scores as they are, and the schedule position."""
+        """Masks packed 8 to a byte (uint8), scores and OBS's Fisher blocks as they are, and the schedule position."""
         return {
             "masks": {name: pack_bits(mask) for name, mask in self.masks.items()},
             "scores": dict(self.scores),
