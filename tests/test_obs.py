@@ -13,6 +13,19 @@ from lightning_sparsity.sparsifier import Sparsifier
 ENCODER = [r"encoder\..*"]
 
 
+def test_fisher_blocks_are_a_running_mean_of_gradient_outer_products_per_block_of_a_row():
+    generator = torch.Generator().manual_seed(0)
+    grads = [torch.randn(2, 6, generator=generator) for _ in range(3)]
+    fisher = torch.zeros(4, 3, 3)  # two rows of 6 weights: four blocks of 3
+    for grad in grads:
+        fisher_blocks_update_(fisher, grad, decay=0.8)
+    for index in range(4):
+        row, start = divmod(3 * index, 6)
+        blocks = [grad[row, start : start + 3] for grad in grads]
+        expected = sum(0.2 * 0.8 ** (2 - age) * torch.outer(g, g) for age, g in enumerate(blocks))
+        torch.testing.assert_close(fisher[index], expected)
+
+
 def test_obs_scores_and_update_follow_the_explicit_formulas():
     """Per block: the inverse of the damped Fisher over the kept weights, w² / (2 [F⁻¹]ᵢᵢ), and
     δw = -F⁻¹[:, Q] (F⁻¹[Q, Q])⁻¹ w_Q for the newly pruned Q, checked against matrix inverses block by block."""
