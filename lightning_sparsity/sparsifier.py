@@ -64,6 +64,11 @@ class Sparsifier:
         return self.pruner.step_range if self.counts_steps else self.pruner.epoch_range
 
     @property
+    def target_reached(self) -> bool:
+        """Whether the masks are at the target: the ramp is over, and no more scores are needed (OBS's Fisher)."""
+        return self.current_target >= self.pruner.target_sparsity_ratio
+
+    @property
     def final_target(self) -> float:
         return self.current_target if self.pruner.prune_type == "PatternLock" else self.pruner.target_sparsity_ratio
 
@@ -116,9 +121,9 @@ class Sparsifier:
         for name, inverse in inverses.items():
             pruned = self.masks[name].logical_not()
             obs_update_(self.weights[name], inverse, pruned if name not in previous else pruned & previous[name])
-        if self.fisher and sparsity >= self.pruner.target_sparsity_ratio:
-            self.fisher = {}  # the ramp is over: no later update reads it
         self.current_target = sparsity
+        if self.target_reached:
+            self.fisher = {}  # no later update reads it
         self.apply_masks()
 
     def _obs_inverses(self) -> dict[str, Tensor]:
@@ -160,8 +165,8 @@ class Sparsifier:
         prune_type = self.pruner.prune_type
         if prune_type not in ("SnipMomentum", "Gradient", "GroupLasso", "OBS"):
             return
-        if prune_type == "OBS" and self.last_update is not None and self.current_target >= self.final_target:
-            return  # the ramp is over: the Fisher is no longer kept
+        if prune_type == "OBS" and self.target_reached:
+            return  # the Fisher is no longer kept
         if prune_type != "GroupLasso" and skip_non_finite:
             grads = [w.grad for w in self.weights.values() if w.grad is not None]
             if grads and not _all_finite(grads):
@@ -200,13 +205,15 @@ class Sparsifier:
         arithmetic (``mul_``, ``add_``) is several times faster on CPU than ``masked_fill_``.
         """
         stored = self.scores.get(name) if self.scored_steps else None
-        fresh = magnitude_scores(weight).float() if inverse is None else obs_scores(weight, inverse)
         mask = self.masks.get(name)
-        if mask is None:
-            return fresh if stored is None else stored.clone()
-        keep = mask.view(torch.uint8)  # multiplies faster than bool
-        scores = fresh.mul_(keep) if stored is None else stored * keep
-        return scores.add_(mask.logical_not().view(torch.uint8), alpha=-1.0)
+        keep = None if mask is None else mask.view(torch.uint8)  # multiplies faster than bool
+        if stored is not None:  # kept across steps: masked into a copy
+            scores = stored.clone() if keep is None else stored * keep
+        else:
+            scores = magnitude_scores(weight).float() if inverse is None else obs_scores(weight, inverse)
+            if keep is not None:
+                scores.mul_(keep)
+        return scores if mask is None else scores.add_(mask.logical_not().view(torch.uint8), alpha=-1.0)
 
     def mask_sparsity(self) -> float:
         """Fraction of masked-out weights (0 before the first update), counted once per new set of masks."""
@@ -273,12 +280,11 @@ def _check_weight(name: str, weight: nn.Parameter, pruner: Pruner) -> None:
             f"weight {name!r} is frozen (requires_grad=False): pruning it would leave it unable to recover; "
             "unfreeze it or remove it with Pruner.excluded_names"
         )
-    block_size = int(pruner.algorithm_settings.get("block_size", 1))
-    if pruner.prune_type == "OBS" and (weight.numel() // weight.shape[0]) % block_size:
+    if pruner.prune_type == "OBS" and weight[0].numel() % int(pruner.algorithm_settings["block_size"]):
         raise ValueError(
-            f"Pruner.parameters['block_size']={block_size} does not divide the {weight.numel() // weight.shape[0]} "
-            f"in_features of weight {name!r}; pick a block size that divides every selected weight's rows or "
-            "exclude the weight with Pruner.excluded_names"
+            f"Pruner.parameters['block_size']={pruner.algorithm_settings['block_size']} does not divide the "
+            f"{weight[0].numel()} in_features of weight {name!r}; pick a block size that divides every selected "
+            "weight's rows or exclude the weight with Pruner.excluded_names"
         )
     if not pruner.parsed_pattern.divides(weight.shape):
         raise ValueError(
