@@ -7,7 +7,7 @@ from typing import Any
 from benchmarks.accuracy import ACCURACY_HEADER, accuracy_rows, configuration_key, rate_key
 from benchmarks.common import DOCS, LAYER_CAP, load, ramp_end, table
 from benchmarks.mask_update import LIMITED_GLOBAL, table_columns
-from benchmarks.step_time import step_rows
+from benchmarks.step_time import PRUNE_TYPES, step_rows, step_time_name
 
 HEADER = """# Benchmarks
 
@@ -66,7 +66,9 @@ def _step_time(name: str = "step_time", heading: str = "##") -> str:
     result = load(name)
     if not result:
         return ""
-    goals = {1: 1.10, 10: 1.03} if result["device"] == "cpu" else {}  # the goals are set for the CPU machine
+    prune_type = result.get("prune_type", PRUNE_TYPES[0])
+    goals_apply = result["device"] == "cpu" and prune_type == PRUNE_TYPES[0]  # the goals: BasicMagnitude on the CPU
+    goals = {1: 1.10, 10: 1.03} if goals_apply else {}
 
     def goal(row: dict[str, Any]) -> str:
         limit = goals.get(row["update_frequency"])
@@ -86,9 +88,10 @@ def _step_time(name: str = "step_time", heading: str = "##") -> str:
         [goal(row) for row in result["rows"]],
     )
     _plot_step_time(result, name)
+    kind = "" if prune_type == PRUNE_TYPES[0] else f", {prune_type}"
     return (
-        f"{heading} Training step time with the callback / without\n\n{result['setup']}; {result['rounds']} rounds of "
-        f"{result['steps_per_fit']} timed steps; {result['threads']} torch thread(s); measured "
+        f"{heading} Training step time with the callback / without{kind}\n\n{result['setup']}; {result['rounds']} "
+        f"rounds of {result['steps_per_fit']} timed steps; {result['threads']} torch thread(s); measured "
         f"{result['machine']['date']}. Dense step: {result['dense_cpu_step_s']:.3f} CPU s "
         f"({result['dense_wall_step_s']:.3f} wall s).\n\n"
         + table(headers, rows)
@@ -118,10 +121,13 @@ def _mask_update(name: str = "mask_update", heading: str = "##") -> str:
         [f"<= {goals[r['system']]} s" if r["system"] in goals else "" for r in result["rows"]],
     )
     notes = (
-        " *peak memory growth* is how far one update raises the peak resident memory of a process that holds "
+        ""
+        if "peak_memory_gb" not in result["rows"][0]
+        else " *peak memory growth* is how far one update raises the peak resident memory of a process that holds "
         "only the model (each system on a fresh one)."
-        if "peak_memory_gb" in result["rows"][0]
-        else ""
+        if result["device"] == "cpu"
+        else " *peak memory growth* is how far one update raises the peak of allocated GPU memory (torch's "
+        "allocator), from the dense weights."
     )
     if any(row["system"] == LIMITED_GLOBAL for row in result["rows"]):
         notes += (
@@ -132,18 +138,22 @@ def _mask_update(name: str = "mask_update", heading: str = "##") -> str:
         f"{heading} One mask update of a bert-{result['size']}-sized model at 90%\n\n{result['setup']}; "
         f"{result['rounds']} rounds; {result['threads']} torch thread(s); measured {result['machine']['date']}. Ours "
         f"prunes exactly what a full sort prunes (up to ties): {result['ours_global_equals_sort']}.{notes}"
-        f"{_growth_over_base(result) if result['size'] != 'base' else ''}\n\n" + table(headers, cells) + "\n"
+        f"{_growth_over_base(result, name.replace('_large', '')) if result['size'] != 'base' else ''}\n\n"
+        + table(headers, cells)
+        + "\n"
     )
 
 
-def _growth_over_base(result: dict[str, Any]) -> str:
-    """How each system's CPU time grows from bert-base (the section above) to a larger model."""
-    base = load("mask_update")
+def _growth_over_base(result: dict[str, Any], base_name: str) -> str:
+    """How each system's time grows from bert-base (the section above) to a larger model: CPU time on the CPU,
+    wall-clock time on a GPU (where the CPU time is the host's share only)."""
+    base = load(base_name)
     if not base:
         return ""
-    base_cpu = {row["system"]: row["cpu_s"] for row in base["rows"]}
-    growth = "; ".join(f"{row['system']} {row['cpu_s'] / base_cpu[row['system']]:.1f}x" for row in result["rows"])
-    return f" Against bert-base ({result['values'] / base['values']:.2f}x the values), CPU time grows: {growth}."
+    key, kind = ("cpu_s", "CPU time") if result["device"] == "cpu" else ("wall_s", "wall-clock time")
+    base_time = {row["system"]: row[key] for row in base["rows"]}
+    growth = "; ".join(f"{row['system']} {row[key] / base_time[row['system']]:.1f}x" for row in result["rows"])
+    return f" Against bert-base ({result['values'] / base['values']:.2f}x the values), {kind} grows: {growth}."
 
 
 def _memory() -> str:
@@ -161,18 +171,20 @@ def _memory() -> str:
 
 def _gpu() -> str:
     """The step-time and mask-update figures measured on a GPU, where a session had one (``--device cuda``)."""
-    results = [result for result in (load("step_time_cuda"), load("mask_update_cuda")) if result]
+    names = [f"{step_time_name(prune_type)}_cuda" for prune_type in PRUNE_TYPES]
+    names += ["mask_update_cuda", "mask_update_large_cuda"]
+    results = [result for result in map(load, names) if result]
     if not results:
         return ""
-    sections = [_step_time("step_time_cuda", "###"), _mask_update("mask_update_cuda", "###")]
+    sections = [_mask_update(name, "###") if name.startswith("mask") else _step_time(name, "###") for name in names]
     machine = results[0]["machine"]
     return (
         f"## On a GPU\n\n{machine['gpu']}, torch {machine['torch']}, Lightning {machine['lightning']}, Python "
         f"{machine['python']}. Not this project's CI machine: a GPU is lent to some sessions only, so these figures "
         "are rerun by hand and may be older than the CPU figures above: `python -m benchmarks.step_time --device cuda "
-        "--rounds 5 --steps 100` and `python -m benchmarks.mask_update --device cuda --rounds 5`. Compare them within "
-        "a table. In wall-clock time the clock waits for the GPU where timing starts and ends; CPU seconds are the "
-        "host's share of the work.\n\n" + "\n".join(s for s in sections if s)
+        "--rounds 5 --steps 100 [--prune-type OBS]` and `python -m benchmarks.mask_update --device cuda --rounds 5 "
+        "[--size large]`. Compare them within a table. In wall-clock time the clock waits for the GPU where timing "
+        "starts and ends; CPU seconds are the host's share of the work.\n\n" + "\n".join(s for s in sections if s)
     )
 
 

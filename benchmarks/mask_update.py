@@ -5,7 +5,8 @@ no layer of these random weights reaches), ``torch.nn.utils.prune`` (``l1_unstru
 ``global_unstructured``) and a plain ``kthvalue`` threshold, interleaved round after
 round from the same dense weights. Ours must prune exactly what a full sort prunes (up to ties). On the CPU,
 each system also runs once on a fresh model in a process of its own, to measure how far the update raises the
-process's peak resident memory.
+process's peak resident memory; on a GPU, once more from the dense weights, to measure how far it raises the peak
+of allocated GPU memory.
 
     python -m benchmarks.mask_update [--rounds 3] [--threads 1] [--device cpu] [--size base]
 
@@ -118,13 +119,24 @@ def peak_memory_growth(size: str, system: str) -> int:
     return _status_bytes("VmHWM") - before
 
 
+def cuda_peak_memory_growth(update: Callable[[], object]) -> int:
+    """Bytes by which ``update`` raises the GPU's peak allocated memory above what was allocated before it."""
+    gc.collect()
+    torch.cuda.reset_peak_memory_stats()
+    before = torch.cuda.memory_allocated()
+    result = update()
+    growth = torch.cuda.max_memory_allocated() - before
+    del result
+    return growth
+
+
 def _status_bytes(field: str) -> int:
     line = next(line for line in Path("/proc/self/status").read_text().splitlines() if line.startswith(f"{field}:"))
     return int(line.split()[1]) * 1024  # kB
 
 
 def table_columns(rows: list[dict[str, Any]]) -> tuple[list[str], list[list[Any]]]:
-    """Headers and cells of the columns the rows have (peak memory is measured on the CPU only)."""
+    """Headers and cells of the columns the rows have."""
     keys = [key for key in COLUMNS if key in rows[0]]
     return [COLUMNS[key] for key in keys], [[row[key] for key in keys] for row in rows]
 
@@ -142,12 +154,15 @@ def main() -> None:
     dense = [w.detach().clone() for w in weights.values()]
     numel = sum(w.numel() for w in dense)
 
-    def from_dense(update: Callable[[], object], undo: Callable[[], object]) -> tuple[float, float]:
+    def from_dense(
+        update: Callable[[], object], undo: Callable[[], object], measure: Callable[..., Any] | None = None
+    ) -> Any:
+        """``measure`` (by default: the times) of ``update`` run on the dense weights, then undone."""
         for weight, values in zip(weights.values(), dense, strict=True):
             weight.data.copy_(values)
-        times = timed(update, args.device)
+        figure = measure(update) if measure else timed(update, args.device)
         undo()
-        return times
+        return figure
 
     updates = mask_updates(layers, weights)
     figures = interleaved({name: lambda pair=pair: from_dense(*pair) for name, pair in updates.items()}, args.rounds)
@@ -156,18 +171,19 @@ def main() -> None:
     from_dense(lambda: sparsifier.update_masks(SPARSITY), lambda: None)
     exact = same_as_a_sort(list(sparsifier.masks.values()), dense)
 
-    memory: dict[str, int] = {}
     if args.device == "cpu":
         spawn = multiprocessing.get_context("spawn")
         with ProcessPoolExecutor(1, mp_context=spawn, max_tasks_per_child=1) as pool:
             memory = {name: pool.submit(peak_memory_growth, args.size, name).result() for name in updates}
+    else:
+        memory = {name: from_dense(*pair, measure=cuda_peak_memory_growth) for name, pair in updates.items()}
 
     rows = [
         {
             "system": name,
             "cpu_s": median([c for _, c in times]),
             "wall_s": median([w for w, _ in times]),
-            **({"peak_memory_gb": memory[name] / 1e9} if memory else {}),
+            "peak_memory_gb": memory[name] / 1e9,
         }
         for name, times in figures.items()
     ]

@@ -5,11 +5,13 @@ Every variant trains the same fresh model copy for the same steps; variants run 
 round, and each round's mean step time (update steps included) is divided by the same round's dense run.
 
     python -m benchmarks.step_time [--rounds 15] [--steps 10] [--frequencies 1 10 100] [--threads 1] [--device cpu]
+                                   [--prune-type BasicMagnitude]
 
 Ratios are given in process CPU time (one torch thread: what the step costs on an idle core) and in
 wall-clock time (which on a shared machine also counts the time other processes held the cores). On a GPU
 (``--device cuda``, results in ``step_time_cuda.json``) the wall-clock ratio is the one that counts: the
 clock waits for the GPU only where timing starts and ends, so steps overlap as they do in training.
+Another ``--prune-type`` (scores kept from gradients, or OBS's Fisher) goes to ``step_time_<prune type>``.
 """
 
 from __future__ import annotations
@@ -41,6 +43,12 @@ from lightning_sparsity import Pruner, PruningCallback
 
 WARMUP_STEPS = 2
 BATCH, SEQ = 16, 64
+PRUNE_TYPES = ["BasicMagnitude", "SnipMomentum", "OBS"]  # |w|; scores kept from gradients; a Fisher kept per block
+
+
+def step_time_name(prune_type: str) -> str:
+    """Results of the default prune type are ``step_time``; of another, ``step_time_<prune type>``."""
+    return "step_time" if prune_type == PRUNE_TYPES[0] else f"step_time_{prune_type.lower()}"
 
 
 class Classifier(pl.LightningModule):
@@ -110,9 +118,10 @@ class TimedPruning(PruningCallback):
             self.hook_cpu_s += clock()[1] - start
 
 
-def pruning(frequency: int) -> TimedPruning:
+def pruning(frequency: int, prune_type: str) -> TimedPruning:
     """Masks of every encoder Linear updated each ``frequency`` optimizer steps, mid-ramp (50% -> 90%)."""
     pruner = Pruner(
+        prune_type=prune_type,
         target_sparsity_ratio=0.9,
         initial_sparsity_ratio=0.5,
         step_range=[0, 1000],
@@ -123,12 +132,12 @@ def pruning(frequency: int) -> TimedPruning:
 
 
 def run_fit(
-    initial: torch.nn.Module, loader: DataLoader, steps: int, frequency: int | None, device: str
+    initial: torch.nn.Module, loader: DataLoader, steps: int, frequency: int | None, device: str, prune_type: str
 ) -> tuple[float, float, float]:
     """(wall, CPU) seconds per step of one short fit from a fresh copy of ``initial``, and the CPU seconds per
     step spent in the PruningCallback's hooks (0 without it)."""
     step_clock = StepClock(device)
-    callbacks: list[Callback] = [step_clock] if frequency is None else [pruning(frequency), step_clock]
+    callbacks: list[Callback] = [step_clock] if frequency is None else [pruning(frequency, prune_type), step_clock]
     trainer = pl.Trainer(
         accelerator=device,
         devices=1,
@@ -161,6 +170,7 @@ def main() -> None:
     parser.add_argument("--frequencies", type=int, nargs="+", default=[1, 10, 100])
     parser.add_argument("--threads", type=int, default=1, help="torch threads (1: steadier on a shared machine)")
     parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
+    parser.add_argument("--prune-type", choices=PRUNE_TYPES, default=PRUNE_TYPES[0], help="how weights are scored")
     args = parser.parse_args()
     set_threads(args.threads)
 
@@ -168,9 +178,13 @@ def main() -> None:
     initial = BertForSequenceClassification(bert_config("minilm", num_labels=2))
     tokens = torch.randint(0, initial.config.vocab_size, ((WARMUP_STEPS + args.steps) * BATCH, SEQ))
     loader = DataLoader(TensorDataset(tokens, torch.randint(0, 2, (len(tokens),))), batch_size=BATCH)
-    variants = {"dense": lambda: run_fit(initial, loader, args.steps, None, args.device)}
+
+    def fit(frequency: int | None) -> tuple[float, float, float]:
+        return run_fit(initial, loader, args.steps, frequency, args.device, args.prune_type)
+
+    variants = {"dense": lambda: fit(None)}
     for frequency in args.frequencies:
-        variants[f"every {frequency}"] = lambda f=frequency: run_fit(initial, loader, args.steps, f, args.device)
+        variants[f"every {frequency}"] = lambda f=frequency: fit(f)
     figures = interleaved(variants, args.rounds)
 
     dense = figures["dense"]
@@ -185,7 +199,9 @@ def main() -> None:
         row["hook_ratio"] = median([1 + t[2] / d[1] for t, d in zip(times, dense, strict=True)])
         rows.append(row)
     result = {
-        "setup": f"MiniLM-sized BERT, batch {BATCH}, seq {SEQ}, AdamW, encoder Linear weights pruned 50% -> 90%",
+        "setup": f"MiniLM-sized BERT, batch {BATCH}, seq {SEQ}, AdamW, encoder Linear weights pruned 50% -> 90% "
+        f"({args.prune_type})",
+        "prune_type": args.prune_type,
         "device": args.device,
         "threads": args.threads,
         "rounds": args.rounds,
@@ -202,7 +218,7 @@ def main() -> None:
             step_rows(rows),
         )
     )
-    save(results_name("step_time", args.device), result)
+    save(results_name(step_time_name(args.prune_type), args.device), result)
 
 
 if __name__ == "__main__":

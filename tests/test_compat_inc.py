@@ -274,6 +274,11 @@ def test_global_layer_bounds_prune_what_one_sort_with_every_cap_prunes(steps: in
         expected = _lowest_feasible(units, sparsity, *bounds)
         keeps = pattern_masks(units, sparsity, parse_pattern("1x1"), scope="global", layer_bounds=bounds)
         assert all(torch.equal(keep, want) for keep, want in zip(keeps, expected, strict=True))
+        if torch.cuda.is_available():  # GPUs select by sorting
+            keeps = pattern_masks(
+                [u.cuda() for u in units], sparsity, parse_pattern("1x1"), scope="global", layer_bounds=bounds
+            )
+            assert all(torch.equal(keep.cpu(), want) for keep, want in zip(keeps, expected, strict=True))
 
 
 def test_global_layer_bounds_set_every_cap_when_tensors_pass_theirs_one_by_one():

@@ -11,12 +11,13 @@ from lightning_sparsity.functional import (
     parse_pattern,
     pattern_masks,
     scheduled_sparsity,
+    selection,
     smallest_k_each,
     smallest_k_mask,
     snip_momentum_scores_,
 )
 from lightning_sparsity.functional.schedules import SCHEDULES, is_update_point, last_update_point, ramp_progress
-from lightning_sparsity.functional.selection import _smallest_k_by_sort, _smallest_k_each_by_sort
+from lightning_sparsity.functional.selection import _select_all, _select_by_radix, _smallest_k_each_by_sort
 
 
 @pytest.mark.parametrize("schedule", SCHEDULES)
@@ -78,8 +79,42 @@ def test_smallest_k_mask_prunes_exactly_what_a_sort_prunes():
     assert torch.equal(flat_keep, expected)
 
 
-def test_selection_by_sort_on_gpus_prunes_what_the_cpu_selection_prunes():
-    """GPUs select by a stable sort: the same elements as the CPU's bracket, ties broken by position alike."""
+def _radix_cases() -> list[list[torch.Tensor]]:
+    generator = torch.Generator().manual_seed(5)
+    edges = [1e-45, -1e-45, 0.0, -0.0, 3.4e38, -3.4e38, float("inf"), -float("inf")]
+    return [
+        [torch.randn(1000, generator=generator), torch.randn(77, generator=generator)],
+        # ties at every threshold, and zeros of both signs, which tie with each other
+        [torch.randint(-5, 5, (3000,), generator=generator).float(), torch.zeros(100), -torch.zeros(50)],
+        [torch.randn(500, generator=generator).half(), torch.randn(300, generator=generator).half()],
+        [torch.randn(500, generator=generator).bfloat16()],
+        [torch.randn(800, generator=generator, dtype=torch.float64) * 1e-300, torch.tensor(edges, dtype=torch.float64)],
+        [
+            torch.randint(-(10**12), 10**12, (900,), generator=generator),
+            torch.randint(-3, 3, (100,), generator=generator),
+        ],
+        [torch.tensor(edges)],  # subnormals, the largest floats and infinities
+    ]
+
+
+@pytest.mark.parametrize("chunk", [1 << 24, 256])
+@pytest.mark.parametrize("case", range(len(_radix_cases())))
+def test_radix_select_finds_the_kth_value_and_its_ties_as_a_full_sort_does(case, chunk, monkeypatch):
+    """GPUs find the threshold by a radix select over the values' integer keys, a chunk of them at a time:
+    every float type, integers, signed zeros and infinities."""
+    monkeypatch.setattr(selection, "_CHUNK", chunk)
+    values = _radix_cases()[case]
+    everything = torch.cat([v.double() if v.is_floating_point() else v for v in values])
+    ordered = everything.sort().values
+    for k in sorted({1, 2, len(ordered) // 3, len(ordered) // 2, len(ordered) - 1, len(ordered)}):
+        threshold, at_most = _select_by_radix(values, k)
+        assert threshold.dtype == values[0].dtype
+        assert threshold.item() == ordered[k - 1].item()
+        assert at_most == int((everything <= ordered[k - 1]).sum())
+
+
+def test_selection_on_gpus_prunes_what_the_cpu_selection_prunes():
+    """GPUs select by a radix select: the same elements as the CPU's bracket, ties broken by position alike."""
     generator = torch.Generator().manual_seed(3)
     values = [
         torch.randint(0, 50, (300, 400), generator=generator).float(),  # many ties at every threshold
@@ -88,16 +123,19 @@ def test_selection_by_sort_on_gpus_prunes_what_the_cpu_selection_prunes():
     ]
     for k in [1, 60_000, 123_457, 190_999]:
         expected = [keep.reshape(-1) for keep in smallest_k_mask(values, k)]
-        assert all(map(torch.equal, _smallest_k_by_sort([v.reshape(-1) for v in values], k), expected))
+        flats = [v.reshape(-1) for v in values]
+        assert _select_by_radix(flats, k) == _select_all(flats, k)
         if torch.cuda.is_available():
             on_gpu = smallest_k_mask([v.cuda() for v in values], k)
             assert all(torch.equal(keep.reshape(-1).cpu(), e) for keep, e in zip(on_gpu, expected, strict=True))
             assert kth_smallest([v.cuda() for v in values], k).item() == kth_smallest(values, k).item()
 
 
-def test_local_selection_on_gpus_sorts_equal_sized_tensors_together_and_prunes_what_the_cpu_prunes():
-    """Tensor by tensor, GPUs rank tensors of equal size and k as rows of one stable sort: each tensor still
-    loses exactly its own k smallest elements, ties broken by position as on the CPU."""
+@pytest.mark.parametrize("chunk", [1 << 24, 96 * 128])
+def test_local_selection_on_gpus_sorts_equal_sized_tensors_together_and_prunes_what_the_cpu_prunes(chunk, monkeypatch):
+    """Tensor by tensor, GPUs rank tensors of equal size and k as rows of stable sorts of up to a chunk of elements:
+    each tensor still loses exactly its own k smallest elements, ties broken by position as on the CPU."""
+    monkeypatch.setattr(selection, "_SORT_ROWS", chunk)
     generator = torch.Generator().manual_seed(4)
     values = [
         torch.randint(0, 9, (96, 128), generator=generator).float(),  # many ties

@@ -74,7 +74,30 @@ def test_obs_under_an_identity_fisher_is_magnitude_pruning_and_moves_no_kept_wei
         assert torch.equal(weight.detach(), original[name] * obs.masks[name])
 
 
-def test_obs_trains_to_the_exact_target_and_drops_its_fisher_after_the_ramp():
+ON_A_GPU = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+
+
+@ON_A_GPU
+def test_obs_on_a_gpu_computes_what_it_computes_on_the_cpu():
+    generator = torch.Generator().manual_seed(1)
+    grads = [torch.randn(4, 16, generator=generator) for _ in range(5)]
+    keep = torch.rand(4, 16, generator=generator) > 0.3
+    weight = torch.randn(4, 16, generator=generator) * keep
+    pruned = keep & (torch.rand(4, 16, generator=generator) > 0.5)
+    results = {}
+    for device in ("cpu", "cuda"):
+        fisher = torch.zeros(8, 8, 8, device=device)
+        for grad in grads:
+            fisher_blocks_update_(fisher, grad.to(device), decay=0.9)
+        inverse = obs_inverse(fisher, keep.to(device), 0.1)
+        results[device] = [fisher, inverse, obs_scores(weight.to(device), inverse)]
+        results[device].append(obs_update_(weight.to(device, copy=True), inverse, pruned.to(device)))
+    for on_cpu, on_gpu in zip(results["cpu"], results["cuda"], strict=True):
+        torch.testing.assert_close(on_gpu.cpu(), on_cpu, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("accelerator", ["cpu", pytest.param("cuda", marks=ON_A_GPU)])
+def test_obs_trains_to_the_exact_target_and_drops_its_fisher_after_the_ramp(accelerator):
     module = TinyBert(lr=1e-2)
     pruner = Pruner(
         prune_type="OBS",
@@ -85,10 +108,10 @@ def test_obs_trains_to_the_exact_target_and_drops_its_fisher_after_the_ramp():
         parameters={"block_size": 8},
     )
     pruning = PruningCallback([pruner])
-    make_trainer(max_steps=8, callbacks=[pruning]).fit(module, toy_loader())
+    make_trainer(max_steps=8, callbacks=[pruning], accelerator=accelerator).fit(module, toy_loader())
     sparsifier = pruning.sparsifiers[0]
     for name, mask in sparsifier.masks.items():
-        weight = sparsifier.weights[name]
+        weight = sparsifier.weights[name].to(mask.device)  # Lightning moves the model back to the CPU after fit
         assert int((~mask).sum()) == round(0.75 * mask.numel())
         assert bool((weight[~mask] == 0).all()) and bool((weight[mask] != 0).all())
     assert sparsifier.masks and sparsifier.fisher == {}

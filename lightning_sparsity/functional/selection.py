@@ -8,16 +8,20 @@ elements tie with the threshold, so a tie-breaking pass runs only when ties stra
 equals what a full sort gives; ties at the threshold are broken by position, so exactly ``k`` elements
 are chosen.
 
-On a GPU a full (radix) sort is the fastest exact selection: bert-base's 85M scores sort in 4 ms on an H200,
-where the bracket took 0.6 s (its ``kthvalue`` and many small synchronising steps are slow there). Selections
-tensor by tensor (local scope) sort equal-sized tensors together, as the rows of one sort: each small sort
-costs more to launch than to run.
+On a GPU the bracket is slow (its ``kthvalue`` and many small synchronising steps took 0.6 s for bert-base's 85M
+scores on an H200). There a radix select finds the k-th value across tensors instead: histograms of the values'
+order-preserving integer keys, one digit at a time, over chunks of at most ``_CHUNK`` elements, so that it holds
+no copy of all scores and does not sort them (a full sort of bert-base's scores held 41 bytes per score).
+Selections tensor by tensor (local scope) sort equal-sized tensors together, as the rows of sorts of at most
+``_SORT_ROWS`` elements: each small sort costs more to launch than to run.
 """
 
 from __future__ import annotations
 
+import itertools
 import math
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from functools import reduce
 
 import torch
 from torch import Tensor
@@ -25,6 +29,9 @@ from torch import Tensor
 _MIN_SAMPLE = 1 << 12
 _MAX_SAMPLE = 1 << 16
 _SMALL = 1 << 16  # up to this many elements, kthvalue over all of them is cheapest
+_CHUNK = 1 << 22  # elements a GPU radix select copies and counts at once
+_SORT_ROWS = 1 << 24  # elements of equal-sized tensors a GPU sorts at once, as rows
+_DIGIT_BITS = 11  # a radix select's digit: 2048 bins, whose counts fit a GPU block's shared memory
 
 
 def kth_smallest(values: Sequence[Tensor], k: int) -> Tensor:
@@ -34,7 +41,7 @@ def kth_smallest(values: Sequence[Tensor], k: int) -> Tensor:
     if not 1 <= k <= total:
         raise ValueError(f"k must be in [1, {total}], got {k}")
     if flats[0].device.type != "cpu":
-        return torch.sort(torch.cat(flats)).values[k - 1]
+        return _select_by_radix(flats, k)[0]
     found = _select_in_bracket(flats, total, k)
     return (found or _select_all(flats, k))[0]
 
@@ -51,12 +58,9 @@ def smallest_k_mask(values: Sequence[Tensor], k: int) -> list[Tensor]:
     if k >= total:
         return [torch.zeros_like(v, dtype=torch.bool) for v in values]
     flats = [v.reshape(-1) for v in values]
-    if flats[0].device.type != "cpu":
-        keeps = _smallest_k_by_sort(flats, k)
-        return [keep.view_as(v) for keep, v in zip(keeps, values, strict=True)]
-    found = _select_in_bracket(flats, total, k)
+    found = _select_in_bracket(flats, total, k) if flats[0].device.type == "cpu" else None
     if found is None:
-        threshold, at_most = _select_all(flats, k)
+        threshold, at_most = _select_all(flats, k) if flats[0].device.type == "cpu" else _select_by_radix(flats, k)
         keeps = [flat > threshold for flat in flats]
     else:
         threshold, at_most, keeps = found
@@ -83,13 +87,18 @@ def smallest_k_each(values: Sequence[Tensor], ks: Sequence[int]) -> list[Tensor]
 
 
 def _smallest_k_each_by_sort(values: Sequence[Tensor], ks: Sequence[int]) -> list[Tensor]:
-    """``smallest_k_each`` by stable sorts, one for each set of tensors on one device with as many elements and the
-    same k."""
+    """``smallest_k_each`` by stable sorts, one for each set of up to ``_SORT_ROWS`` elements of tensors on one
+    device with as many elements and the same k."""
     keeps: list[Tensor] = list(values)
     alike: dict[tuple[torch.device, int, int], list[int]] = {}
     for index, (v, k) in enumerate(zip(values, ks, strict=True)):
         alike.setdefault((v.device, v.numel(), k), []).append(index)
-    for (_, _, k), indices in alike.items():
+    batches = [
+        (k, indices[start : start + max(_SORT_ROWS // numel, 1)])
+        for (_, numel, k), indices in alike.items()
+        for start in range(0, len(indices), max(_SORT_ROWS // numel, 1))
+    ]
+    for k, indices in batches:
         flats = [values[i].reshape(1, -1) for i in indices]
         rows = flats[0] if len(flats) == 1 else torch.cat(flats)  # one tensor is sorted where it is, not copied
         keep = torch.ones_like(rows, dtype=torch.bool)
@@ -98,12 +107,6 @@ def _smallest_k_each_by_sort(values: Sequence[Tensor], ks: Sequence[int]) -> lis
         for index, row in zip(indices, keep, strict=True):
             keeps[index] = row.view_as(values[index])
     return keeps
-
-
-def _smallest_k_by_sort(flats: Sequence[Tensor], k: int) -> list[Tensor]:
-    """Keep-masks pruning the first ``k`` elements of one stable sort of all of ``flats``: ties by position."""
-    keep = _smallest_k_each_by_sort([torch.cat(flats)], [k])[0]
-    return list(keep.split([flat.numel() for flat in flats]))
 
 
 def _select_in_bracket(flats: Sequence[Tensor], total: int, k: int) -> tuple[Tensor, int, list[Tensor]] | None:
@@ -140,6 +143,85 @@ def _select_all(flats: Sequence[Tensor], k: int) -> tuple[Tensor, int]:
     everything = torch.cat(flats)
     threshold = everything.kthvalue(k).values
     return threshold, int(torch.count_nonzero(everything <= threshold))
+
+
+def _select_by_radix(flats: Sequence[Tensor], k: int) -> tuple[Tensor, int]:
+    """The k-th smallest value and how many elements are at most it, by a radix select on the values' keys.
+
+    A histogram of every key's top digit, one chunk of keys at a time, gives the k-th key's top digit and how many
+    keys lie below it; the keys that share that digit (the others are not kept) are refined digit by digit in the
+    same way. Two passes over the data, no sort, and a wait for the GPU per chunk and digit.
+    """
+    source = _key_source(flats)
+    width = torch.empty(0, dtype=source).element_size() * 8
+    shifts = [*range(width - _DIGIT_BITS, 0, -_DIGIT_BITS), 0]  # of the digits, from the most significant
+    bins = 1 << _DIGIT_BITS
+    counts = sum(torch.bincount((_ordered_keys(c) >> shifts[0]) + bins // 2, minlength=bins) for c in _chunks(flats))
+    prefix, below, rank, tied = _digit_of_rank(counts, rank=k, offset=-(bins // 2))
+    keys = [key[(key >> shifts[0]) == prefix] for key in map(_ordered_keys, _chunks(flats))]
+    for high, shift in itertools.pairwise(shifts):
+        bins = 1 << (high - shift)
+        counts = sum(torch.bincount((key >> shift) & (bins - 1), minlength=bins) for key in keys)
+        digit, before, rank, tied = _digit_of_rank(counts, rank)
+        below, prefix = below + before, (prefix << (high - shift)) + digit
+        keys = [key[(key >> shift) == prefix] for key in keys]
+    return _value_of_key(prefix, flats, source), below + tied
+
+
+def _digit_of_rank(counts: Tensor, rank: int, offset: int = 0) -> tuple[int, int, int, int]:
+    """The digit (plus ``offset``) whose bin of a histogram ``counts`` holds the element of 1-based ``rank``, how
+    many elements lie in the bins below it, the rank within its bin, and how many its bin holds."""
+    cumulative = counts.cpu().cumsum(0)
+    digit = int(torch.searchsorted(cumulative, rank))
+    below = int(cumulative[digit - 1]) if digit else 0
+    return digit + offset, below, rank - below, int(cumulative[digit]) - below
+
+
+def _key_source(flats: Sequence[Tensor]) -> torch.dtype:
+    """The type whose integer keys keep the values' order exactly: float32 for floats of up to 32 bits, float64,
+    and int64 for integers."""
+    dtype = reduce(torch.promote_types, (flat.dtype for flat in flats))
+    if dtype in (torch.float16, torch.bfloat16, torch.float32):
+        return torch.float32
+    return dtype if dtype == torch.float64 else torch.long
+
+
+def _chunks(flats: Sequence[Tensor]) -> Iterator[Tensor]:
+    """``flats`` in runs of at most ``_CHUNK`` elements (or one larger tensor), as their key source type; made one
+    at a time."""
+    source = _key_source(flats)
+    run: list[Tensor] = []
+    for flat in flats:
+        if run and sum(r.numel() for r in run) + flat.numel() > _CHUNK:
+            yield torch.cat(run)
+            run = []
+        run.append(flat.to(source))
+    yield torch.cat(run) if len(run) > 1 else run[0]
+
+
+def _ordered_keys(chunk: Tensor) -> Tensor:
+    """Integer keys in the order of the values (-0.0 counts as +0.0, which it equals); integers are their own."""
+    if not chunk.is_floating_point():
+        return chunk
+    return _flip_negatives(chunk.add(0.0).view(_bits_type(chunk.dtype)))
+
+
+def _value_of_key(key: int, flats: Sequence[Tensor], source: torch.dtype) -> Tensor:
+    """The value of ``flats``' type whose key is ``key``, on their device."""
+    value = torch.tensor(key, dtype=_bits_type(source) if source.is_floating_point else source)
+    if source.is_floating_point:
+        value = _flip_negatives(value).view(source)
+    return value.to(device=flats[0].device, dtype=flats[0].dtype)
+
+
+def _bits_type(dtype: torch.dtype) -> torch.dtype:
+    return torch.int32 if dtype == torch.float32 else torch.long
+
+
+def _flip_negatives(bits: Tensor) -> Tensor:
+    """A float's bits with all but the sign flipped where the sign is set: the order of the values as integers.
+    Its own inverse."""
+    return bits ^ ((bits >> (bits.element_size() * 8 - 1)) & torch.iinfo(bits.dtype).max)
 
 
 def _bracket(flats: Sequence[Tensor], total: int, k: int) -> tuple[Tensor, Tensor]:
