@@ -58,9 +58,10 @@ def smallest_k_mask(values: Sequence[Tensor], k: int) -> list[Tensor]:
     if k >= total:
         return [torch.zeros_like(v, dtype=torch.bool) for v in values]
     flats = [v.reshape(-1) for v in values]
-    found = _select_in_bracket(flats, total, k) if flats[0].device.type == "cpu" else None
+    on_cpu = flats[0].device.type == "cpu"
+    found = _select_in_bracket(flats, total, k) if on_cpu else None
     if found is None:
-        threshold, at_most = _select_all(flats, k) if flats[0].device.type == "cpu" else _select_by_radix(flats, k)
+        threshold, at_most = (_select_all if on_cpu else _select_by_radix)(flats, k)
         keeps = [flat > threshold for flat in flats]
     else:
         threshold, at_most, keeps = found
@@ -79,7 +80,7 @@ def smallest_k_each(values: Sequence[Tensor], ks: Sequence[int]) -> list[Tensor]
     """Boolean keep-masks choosing the ``ks[i]`` smallest elements of each ``values[i]`` on its own.
 
     Ties are broken by position, as ``smallest_k_mask`` breaks them. On a GPU, tensors with as many elements
-    and the same k are ranked in one stable sort of their rows.
+    and the same k are ranked as the rows of stable sorts.
     """
     if not values or values[0].device.type == "cpu":
         return [smallest_k_mask([v], k)[0] for v, k in zip(values, ks, strict=True)]
@@ -187,15 +188,17 @@ def _key_source(flats: Sequence[Tensor]) -> torch.dtype:
 
 
 def _chunks(flats: Sequence[Tensor]) -> Iterator[Tensor]:
-    """``flats`` in runs of at most ``_CHUNK`` elements (or one larger tensor), as their key source type; made one
-    at a time."""
+    """``flats`` in order, in chunks of at most ``_CHUNK`` elements (small tensors joined, large ones split) of
+    their key source type; made one at a time."""
     source = _key_source(flats)
     run: list[Tensor] = []
-    for flat in flats:
-        if run and sum(r.numel() for r in run) + flat.numel() > _CHUNK:
-            yield torch.cat(run)
-            run = []
-        run.append(flat.to(source))
+    size = 0
+    for piece in (piece for flat in flats for piece in flat.split(_CHUNK)):
+        if size + piece.numel() > _CHUNK:
+            yield torch.cat(run) if len(run) > 1 else run[0]
+            run, size = [], 0
+        run.append(piece.to(source))
+        size += piece.numel()
     yield torch.cat(run) if len(run) > 1 else run[0]
 
 
