@@ -129,17 +129,20 @@ class Sparsifier:
     def _obs_inverses(self) -> dict[str, Tensor]:
         """OBS: every weight's inverse Fisher blocks over the weights its mask still keeps."""
         damping = self.settings["damping"]
-        return {
-            name: obs_inverse(fisher, self.masks.get(name, torch.ones_like(fisher[:, 0], dtype=torch.bool)), damping)
-            for name, fisher in self.fisher.items()
-        }
+        inverses = {}
+        for name, fisher in self.fisher.items():
+            keep = self.masks[name] if name in self.masks else torch.ones_like(self.weights[name], dtype=torch.bool)
+            inverses[name] = obs_inverse(fisher, keep, damping)
+        return inverses
 
     def follow_weights(self) -> None:
         """Moves masks and scores to their weights' devices: Lightning moves the model to the CPU after a fit on a
         GPU, and a later fit may run on another device than the one the masks were made on."""
-        self.masks = {name: mask.to(self.weights[name].device) for name, mask in self.masks.items()}
-        self.scores = {name: score.to(self.weights[name].device) for name, score in self.scores.items()}
-        self.fisher = {name: fisher.to(self.weights[name].device) for name, fisher in self.fisher.items()}
+        self.masks, self.scores, self.fisher = map(self._on_weight_devices, (self.masks, self.scores, self.fisher))
+
+    def _on_weight_devices(self, tensors: dict[str, Tensor]) -> dict[str, Tensor]:
+        """``tensors`` by weight name, each on its weight's device."""
+        return {name: tensor.to(self.weights[name].device) for name, tensor in tensors.items()}
 
     @torch.no_grad()
     def apply_masks(self) -> None:
@@ -251,8 +254,8 @@ class Sparsifier:
                     "resume with the pruning configuration that wrote the checkpoint"
                 )
         self.masks = {n: _unpacked(m, self.weights[n]) for n, m in state["masks"].items()}
-        self.scores = {n: s.to(self.weights[n].device) for n, s in state["scores"].items()}
-        self.fisher = {n: f.to(self.weights[n].device) for n, f in state.get("fisher", {}).items()}
+        self.scores = self._on_weight_devices(state["scores"])
+        self.fisher = self._on_weight_devices(state.get("fisher", {}))
         self.last_update = state["last_update"]
         self.current_target = float(state["current_target"])
         self.scored_steps = int(state["scored_steps"])

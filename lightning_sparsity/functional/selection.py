@@ -154,12 +154,14 @@ def _select_by_radix(flats: Sequence[Tensor], k: int) -> tuple[Tensor, int]:
     same way. Two passes over the data, no sort, and a wait for the GPU per chunk and digit.
     """
     source = _key_source(flats)
-    width = torch.empty(0, dtype=source).element_size() * 8
+    width = source.itemsize * 8
     shifts = [*range(width - _DIGIT_BITS, 0, -_DIGIT_BITS), 0]  # of the digits, from the most significant
     bins = 1 << _DIGIT_BITS
-    counts = sum(torch.bincount((_ordered_keys(c) >> shifts[0]) + bins // 2, minlength=bins) for c in _chunks(flats))
+    counts = sum(
+        torch.bincount((_ordered_keys(c) >> shifts[0]) + bins // 2, minlength=bins) for c in _chunks(flats, source)
+    )
     prefix, below, rank, tied = _digit_of_rank(counts, rank=k, offset=-(bins // 2))
-    keys = [key[(key >> shifts[0]) == prefix] for key in map(_ordered_keys, _chunks(flats))]
+    keys = [key[(key >> shifts[0]) == prefix] for key in map(_ordered_keys, _chunks(flats, source))]
     for high, shift in itertools.pairwise(shifts):
         bins = 1 << (high - shift)
         counts = sum(torch.bincount((key >> shift) & (bins - 1), minlength=bins) for key in keys)
@@ -187,10 +189,9 @@ def _key_source(flats: Sequence[Tensor]) -> torch.dtype:
     return dtype if dtype == torch.float64 else torch.long
 
 
-def _chunks(flats: Sequence[Tensor]) -> Iterator[Tensor]:
+def _chunks(flats: Sequence[Tensor], source: torch.dtype) -> Iterator[Tensor]:
     """``flats`` in order, in chunks of at most ``_CHUNK`` elements (small tensors joined, large ones split) of
-    their key source type; made one at a time."""
-    source = _key_source(flats)
+    type ``source``; made one at a time."""
     run: list[Tensor] = []
     size = 0
     for piece in (piece for flat in flats for piece in flat.split(_CHUNK)):
