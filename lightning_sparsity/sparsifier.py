@@ -283,9 +283,10 @@ def _check_weight(name: str, weight: nn.Parameter, pruner: Pruner) -> None:
             f"weight {name!r} is frozen (requires_grad=False): pruning it would leave it unable to recover; "
             "unfreeze it or remove it with Pruner.excluded_names"
         )
-    if pruner.prune_type == "OBS" and weight[0].numel() % int(pruner.algorithm_settings["block_size"]):
+    block_size = int(pruner.algorithm_settings["block_size"]) if pruner.prune_type == "OBS" else 1
+    if weight[0].numel() % block_size:
         raise ValueError(
-            f"Pruner.parameters['block_size']={pruner.algorithm_settings['block_size']} does not divide the "
+            f"Pruner.parameters['block_size']={block_size} does not divide the "
             f"{weight[0].numel()} in_features of weight {name!r}; pick a block size that divides every selected "
             "weight's rows or exclude the weight with Pruner.excluded_names"
         )

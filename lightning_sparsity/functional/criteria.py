@@ -49,8 +49,7 @@ def obs_inverse(fisher: Tensor, keep: Tensor, damping: float) -> Tensor:
     scale = fisher.diagonal(dim1=1, dim2=2).mean()
     scale = torch.where(scale > 0, scale, torch.ones_like(scale))  # no gradient yet: OBS scores by magnitude
     damped = fisher + (damping * scale) * torch.eye(size, device=fisher.device)
-    restricted = damped * kept[:, :, None] * kept[:, None, :] + torch.diag_embed(1.0 - kept)
-    return torch.cholesky_inverse(torch.linalg.cholesky(restricted))
+    return torch.cholesky_inverse(torch.linalg.cholesky(_restricted(damped, kept)))
 
 
 def obs_scores(weight: Tensor, inverse: Tensor) -> Tensor:
@@ -65,6 +64,11 @@ def obs_update_(weight: Tensor, inverse: Tensor, pruned: Tensor) -> Tensor:
     zero them exactly)."""
     q = pruned.reshape(inverse.shape[:2]).float()
     w = weight.detach().float().reshape(q.shape)
-    restricted = inverse * q[:, :, None] * q[:, None, :] + torch.diag_embed(1.0 - q)
-    solved = torch.linalg.solve(restricted, (w * q).unsqueeze(-1))
+    solved = torch.linalg.solve(_restricted(inverse, q), (w * q).unsqueeze(-1))
     return weight.sub_((inverse @ solved).view(weight.shape).to(weight.dtype))
+
+
+def _restricted(blocks: Tensor, selected: Tensor) -> Tensor:
+    """Every block with the rows and columns of its unselected weights (``selected``: 1 or 0 per weight) replaced
+    by the identity's: inverting or solving it acts on the selected weights alone."""
+    return blocks * selected[:, :, None] * selected[:, None, :] + torch.diag_embed(1.0 - selected)

@@ -94,20 +94,24 @@ def _smallest_k_each_by_sort(values: Sequence[Tensor], ks: Sequence[int]) -> lis
     alike: dict[tuple[torch.device, int, int], list[int]] = {}
     for index, (v, k) in enumerate(zip(values, ks, strict=True)):
         alike.setdefault((v.device, v.numel(), k), []).append(index)
-    batches = [
-        (k, indices[start : start + max(_SORT_ROWS // numel, 1)])
-        for (_, numel, k), indices in alike.items()
-        for start in range(0, len(indices), max(_SORT_ROWS // numel, 1))
-    ]
-    for k, indices in batches:
-        flats = [values[i].reshape(1, -1) for i in indices]
-        rows = flats[0] if len(flats) == 1 else torch.cat(flats)  # one tensor is sorted where it is, not copied
-        keep = torch.ones_like(rows, dtype=torch.bool)
-        if k > 0:
-            keep.scatter_(1, torch.sort(rows, dim=1, stable=True).indices[:, :k], False)
-        for index, row in zip(indices, keep, strict=True):
-            keeps[index] = row.view_as(values[index])
+    for (_, numel, k), group in alike.items():
+        rows_per_sort = max(_SORT_ROWS // numel, 1)
+        for start in range(0, len(group), rows_per_sort):
+            indices = group[start : start + rows_per_sort]
+            for index, keep in zip(indices, _smallest_k_of_rows([values[i] for i in indices], k), strict=True):
+                keeps[index] = keep
     return keeps
+
+
+def _smallest_k_of_rows(alike: Sequence[Tensor], k: int) -> list[Tensor]:
+    """Keep-masks choosing the k smallest elements of each of the equal-sized ``alike``, ranked as the rows of one
+    stable sort (ties by position)."""
+    flats = [v.reshape(1, -1) for v in alike]
+    rows = flats[0] if len(flats) == 1 else torch.cat(flats)  # one tensor is sorted where it is, not copied
+    keep = torch.ones_like(rows, dtype=torch.bool)
+    if k > 0:
+        keep.scatter_(1, torch.sort(rows, dim=1, stable=True).indices[:, :k], False)
+    return [row.view_as(v) for row, v in zip(keep, alike, strict=True)]
 
 
 def _select_in_bracket(flats: Sequence[Tensor], total: int, k: int) -> tuple[Tensor, int, list[Tensor]] | None:
