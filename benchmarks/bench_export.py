@@ -31,7 +31,7 @@ from benchmarks.common import bert_config, interleaved, median, save, set_thread
 from lightning_sparsity.export import load_sparse, save_sparse, slim
 from lightning_sparsity.export.sparse_io import MASK_PREFIX, VALUES_PREFIX
 from lightning_sparsity.functional import magnitude_scores, pattern_masks
-from lightning_sparsity.functional.patterns import Pattern
+from lightning_sparsity.functional.patterns import Blocks
 from lightning_sparsity.layers import prunable_weights
 from lightning_sparsity.structure import structured_masks, transformer_layers
 
@@ -48,7 +48,7 @@ def checkpoint_figures() -> dict[str, float]:
     torch.manual_seed(0)
     model = BertModel(bert_config("minilm"))
     weights = encoder_linear_weights(model)
-    masks = pattern_masks([magnitude_scores(w) for w in weights.values()], SPARSITY, Pattern())
+    masks = pattern_masks([magnitude_scores(w) for w in weights.values()], SPARSITY, Blocks())
     for weight, mask in zip(weights.values(), masks, strict=True):
         weight.masked_fill_(~mask, 0.0)  # as PruningCallback does: +0.0
     with tempfile.TemporaryDirectory() as folder:

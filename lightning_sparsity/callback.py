@@ -3,25 +3,27 @@
 from __future__ import annotations
 
 from dataclasses import asdict
-from typing import Any, Optional
+from typing import Any, Optional, Union
 
 import lightning.pytorch as pl
 import torch
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.strategies import DeepSpeedStrategy, FSDPStrategy, ModelParallelStrategy
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
+from torch import nn
 from torch.optim import Optimizer
+from torch.utils.hooks import RemovableHandle
 from typing_extensions import override
 
 from lightning_sparsity.config import PruningConfig
-from lightning_sparsity.layers import select_weights
+from lightning_sparsity.layers import owning_module, select_weights, tied_names
 from lightning_sparsity.pruner import Pruner
 from lightning_sparsity.report import LayerSparsity, SparsityReport
 from lightning_sparsity.sparsifier import Sparsifier
 from lightning_sparsity.structure import structured_groups
 
-_STATE_FORMAT = 2  # 2: masks packed 8 to a byte; 1: boolean masks, still read
-_READABLE_FORMATS = (1, 2)
+_STATE_FORMAT = 3  # 3: prune-type state apart, step counts; 2: masks packed 8 to a byte; 1: boolean masks
+_READABLE_FORMATS = (1, 2, 3)
 #: Strategies that shard or re-create the weights, so masks bound at ``setup`` would miss them.
 _SHARDING_STRATEGIES = (FSDPStrategy, DeepSpeedStrategy, ModelParallelStrategy)
 
@@ -31,23 +33,31 @@ class PruningCallback(Callback):
 
     Hook timeline (per fit):
 
-    - ``setup``: resolves each pruner's ``names`` to weights; bad names, overlaps, frozen or
-      indivisible weights fail here, before any step;
-    - ``on_train_start``: restores checkpointed masks, locks PatternLock zeros, applies step-0 updates;
+    - ``on_fit_start`` (after ``configure_model`` and after the strategy has set the model up): resolves each
+      pruner's ``names`` to the weights of the model as it will train, as (module, parameter name) pairs; bad
+      names, overlaps (also with another PruningCallback), frozen or indivisible weights fail here, before any
+      step; restores checkpointed masks and registers a post-hook on every optimizer;
+    - ``on_train_start``: locks PatternLock zeros, applies step-0 updates;
     - ``on_train_epoch_start``: mask updates of epoch-counted pruners;
-    - ``on_before_optimizer_step``: gradient scores and group-lasso penalties;
-    - ``on_train_batch_end`` (after each optimizer step): step-counted mask updates, then masks are
-      re-applied in place so pruned weights stay exactly zero, and ``pruning/sparsity`` is logged.
+    - ``on_before_optimizer_step``: the pruners of that optimizer's weights count the step and read its gradients;
+    - right after every optimizer step (the optimizer's post-hook, in automatic and manual optimization alike):
+      step-counted mask updates, then masks are re-applied in place so pruned weights stay exactly zero;
+    - ``on_train_batch_end``: ``pruning/sparsity`` and ``pruning/target`` are logged when they change and at the
+      trainer's ``log_every_n_steps``.
+
+    A step-counted ramp counts the steps of the first optimizer that holds one of the pruner's weights: with one
+    optimizer that is ``trainer.global_step``; with several (manual optimization), each pruner follows its own.
 
     Args:
-        pruners: the pruning rules, each on its own weights. ``None`` means one default ``Pruner()``.
+        pruners: the pruning rules, each on its own weights: a list, or one :class:`Pruner`; ``None`` means one
+            default ``Pruner()``.
         state_key_suffix: distinguishes the checkpoint state of several PruningCallbacks in one Trainer.
         config: a classic :class:`PruningConfig` whose pruners to use, instead of ``pruners``.
     """
 
     def __init__(
         self,
-        pruners: Optional[list[Pruner]] = None,
+        pruners: Union[list[Pruner], Pruner, None] = None,
         state_key_suffix: str = "",
         config: Optional[PruningConfig] = None,
     ) -> None:
@@ -55,6 +65,12 @@ class PruningCallback(Callback):
             if pruners is not None:
                 raise ValueError("PruningCallback got both pruners and config: give one of them")
             pruners = config.pruners
+        if isinstance(pruners, Pruner):
+            pruners = [pruners]
+        if pruners is not None and not isinstance(pruners, (list, tuple)):
+            raise ValueError(
+                f"PruningCallback.pruners must be a Pruner or a list of Pruner, got {type(pruners).__name__}"
+            )
         pruners = [Pruner()] if pruners is None else list(pruners)
         for index, pruner in enumerate(pruners):
             if not isinstance(pruner, Pruner):
@@ -68,7 +84,10 @@ class PruningCallback(Callback):
         self.state_key_suffix = state_key_suffix
         self.sparsifiers: list[Sparsifier] = []
         self._restored: Optional[dict[str, Any]] = None
-        self._seen_step = -1
+        self._clocks: list[Optional[Optimizer]] = []  # per sparsifier: the optimizer whose steps it counts
+        self._hooks: list[RemovableHandle] = []
+        self._slots: list[tuple[Sparsifier, str, dict[str, Any], str, nn.Parameter]] = []
+        self._logged: Optional[tuple[float, float]] = None
 
     @property
     @override
@@ -77,28 +96,45 @@ class PruningCallback(Callback):
 
     @override
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
-        if stage != "fit":
-            return
-        if isinstance(trainer.strategy, _SHARDING_STRATEGIES):
+        if stage == "fit" and isinstance(trainer.strategy, _SHARDING_STRATEGIES):
             raise ValueError(
                 f"PruningCallback does not support strategy {type(trainer.strategy).__name__}: it shards the weights "
                 'the masks are bound to; use a single device or strategy="ddp" / "ddp_spawn" / "ddp_fork"'
             )
-        parameters = dict(pl_module.named_parameters())
-        if self.sparsifiers and all(
-            s.weights[name] is parameters.get(name) for s in self.sparsifiers for name in s.weights
-        ):
-            return  # a further fit of the same model keeps its masks
-        self.sparsifiers = self._bind(pl_module)
-        self._warn_if_epoch_ramp_outlasts(trainer)
-        for index, sparsifier in enumerate(self.sparsifiers):
-            rank_zero_info(
-                f"PruningCallback: pruner {index} ({sparsifier.pruner.prune_type}, target "
-                f"{sparsifier.final_target:.2%}) prunes {len(sparsifier.weights)} weights, {sparsifier.numel:,} values"
-            )
+
+    @override
+    def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if not self._bound_to(pl_module):
+            for sparsifier in self.sparsifiers:
+                sparsifier.criterion.detach()
+            self.sparsifiers = self._bind(pl_module)
+            self._warn_if_epoch_ramp_outlasts(trainer)
+            for index, sparsifier in enumerate(self.sparsifiers):
+                rank_zero_info(
+                    f"PruningCallback: pruner {index} ({sparsifier.pruner.prune_type}, target "
+                    f"{sparsifier.final_target:.2%}) prunes {len(sparsifier.weights)} weights, "
+                    f"{sparsifier.numel:,} values"
+                )
+        self._check_no_other_callback_prunes(trainer)
+        if self._restored is not None:
+            for sparsifier, state in zip(self.sparsifiers, self._restored["states"], strict=True):
+                sparsifier.load_state_dict(state, steps_taken=trainer.global_step)
+            self._restored = None
+        for sparsifier in self.sparsifiers:
+            sparsifier.follow_weights()
+            sparsifier.criterion.attach()
+        self._hook_optimizers(trainer)
+
+    def _bound_to(self, pl_module: pl.LightningModule) -> bool:
+        """Whether the sparsifiers hold this model's weights already (a further fit of the same model keeps its
+        masks), found by identity so that tied weights (one parameter, two names) count once."""
+        if not self.sparsifiers:
+            return False
+        parameters = {id(p) for p in pl_module.parameters()}
+        return all(id(w) in parameters for s in self.sparsifiers for w in s.weights.values())
 
     def _bind(self, pl_module: pl.LightningModule) -> list[Sparsifier]:
-        owners: dict[str, int] = {}
+        owners: dict[int, tuple[int, str]] = {}
         sparsifiers = []
         for index, pruner in enumerate(self.pruners):
             structured = pruner.parsed_pattern.is_structured
@@ -113,15 +149,67 @@ class PruningCallback(Callback):
                 raise ValueError(
                     f"pruners[{index}] selects no weight once excluded_names are removed; loosen its names"
                 )
-            for name in weights:
-                if name in owners:
+            for name, weight in weights.items():
+                if id(weight) in owners:
+                    other, other_name = owners[id(weight)]
+                    alias = "" if other_name == name else f" (tied to {other_name!r})"
                     raise ValueError(
-                        f"weight {name!r} is selected by pruners[{owners[name]}] and pruners[{index}]: each weight "
-                        "may have one pruner; narrow names or add excluded_names"
+                        f"weight {name!r}{alias} is selected by pruners[{other}] and pruners[{index}]: "
+                        "each weight may have one pruner; narrow names or add excluded_names"
                     )
-                owners[name] = index
-            sparsifiers.append(Sparsifier(pruner, weights, groups))
+                owners[id(weight)] = (index, name)
+            _warn_about_ties(pl_module, weights)
+            modules = {name: owning_module(pl_module, name) for name in weights}
+            sparsifiers.append(Sparsifier(pruner, weights, groups, modules))
         return sparsifiers
+
+    def _check_no_other_callback_prunes(self, trainer: pl.Trainer) -> None:
+        mine = {id(w): name for s in self.sparsifiers for name, w in s.weights.items()}
+        for other in trainer.callbacks:  # type: ignore[attr-defined]
+            if other is self or not isinstance(other, PruningCallback):
+                continue
+            for sparsifier in other.sparsifiers:
+                for weight in sparsifier.weights.values():
+                    if id(weight) in mine:
+                        raise ValueError(
+                            f"weight {mine[id(weight)]!r} is pruned by two PruningCallbacks ({other.state_key!r} and "
+                            f"{self.state_key!r}): give each weight one pruner, in one callback or with excluded_names"
+                        )
+
+    def _hook_optimizers(self, trainer: pl.Trainer) -> None:
+        """Finds each sparsifier's clock (the first optimizer holding one of its weights) and registers the
+        post-step hook that keeps the masks on every optimizer."""
+        for handle in self._hooks:
+            handle.remove()
+        optimizers = [getattr(o, "_optimizer", o) for o in trainer.optimizers]
+        held = [{id(p) for group in o.param_groups for p in group["params"]} for o in optimizers]
+        self._clocks = []
+        for index, sparsifier in enumerate(self.sparsifiers):
+            ids = {id(w) for w in sparsifier.weights.values()}
+            clock = next((o for o, params in zip(optimizers, held, strict=True) if ids & params), None)
+            if clock is None and optimizers:
+                raise ValueError(
+                    f"pruners[{index}]'s weights are in no optimizer (e.g. {next(iter(sparsifier.weights))!r}): they "
+                    "would never train; add them to configure_optimizers or exclude them with Pruner.excluded_names"
+                )
+            self._clocks.append(clock)
+        self._hooks = [o.register_step_post_hook(self._after_optimizer_step) for o in optimizers]
+        self._slots = _slots(self.sparsifiers)
+
+    @override
+    def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._release()
+
+    @override
+    def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
+        self._release()
+
+    def _release(self) -> None:
+        for handle in self._hooks:
+            handle.remove()
+        self._hooks = []
+        for sparsifier in self.sparsifiers:
+            sparsifier.criterion.detach()
 
     def _warn_if_epoch_ramp_outlasts(self, trainer: pl.Trainer) -> None:
         if trainer.max_epochs is None or trainer.max_epochs < 0:
@@ -157,18 +245,12 @@ class PruningCallback(Callback):
     @override
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._warn_if_step_ramp_outlasts(trainer)
-        if self._restored is not None:
-            for sparsifier, state in zip(self.sparsifiers, self._restored["states"], strict=True):
-                sparsifier.load_state_dict(state)
-            self._restored = None
         for sparsifier in self.sparsifiers:
-            sparsifier.follow_weights()
-            if sparsifier.pruner.prune_type == "PatternLock":
+            if not sparsifier.criterion.follows_schedule:
                 sparsifier.lock_existing_zeros()
             elif sparsifier.counts_steps:
-                sparsifier.step(trainer.global_step)
+                sparsifier.step(sparsifier.steps)
             sparsifier.apply_masks()
-        self._seen_step = trainer.global_step
 
     @override
     def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -180,25 +262,45 @@ class PruningCallback(Callback):
     def on_before_optimizer_step(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, optimizer: Optimizer
     ) -> None:
+        optimizer = getattr(optimizer, "_optimizer", optimizer)
         grad_scaler = getattr(trainer.precision_plugin, "scaler", None) is not None  # fp16 AMP skips overflow steps
-        for sparsifier in self.sparsifiers:
-            sparsifier.before_optimizer_step(skip_non_finite=grad_scaler)
+        for sparsifier, clock in zip(self.sparsifiers, self._clocks, strict=True):
+            if clock is optimizer:
+                sparsifier.steps += 1  # skipped fp16 overflow steps count, as the trainer's global step counts them
+                sparsifier.before_optimizer_step(skip_non_finite=grad_scaler)
+
+    def _after_optimizer_step(self, optimizer: Optimizer, args: Any, kwargs: Any) -> None:
+        """Right after any optimizer step: follows re-created parameters, updates masks that are due, and re-applies
+        the masks so that no forward pass sees a pruned weight."""
+        self._follow_new_parameters()
+        for sparsifier, clock in zip(self.sparsifiers, self._clocks, strict=True):
+            if not (clock is optimizer and sparsifier.counts_steps and sparsifier.step(sparsifier.steps)):
+                sparsifier.apply_masks()
+
+    def _follow_new_parameters(self) -> None:
+        """Rebinds the sparsifiers whose modules now hold another parameter than the one bound (cheap when none)."""
+        replaced = [
+            (s, name, now)
+            for s, name, held, attribute, weight in self._slots
+            if (now := held.get(attribute)) is not weight
+        ]
+        if not replaced:
+            return
+        for sparsifier, name, now in replaced:
+            sparsifier.rebind({name: now})
+        self._slots = _slots(self.sparsifiers)
 
     @override
     def on_train_batch_end(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int
     ) -> None:
-        if trainer.global_step == self._seen_step:
-            return  # no optimizer step this batch (gradient accumulation)
-        self._seen_step = trainer.global_step
-        for sparsifier in self.sparsifiers:
-            if not (sparsifier.counts_steps and sparsifier.step(trainer.global_step)):
-                sparsifier.apply_masks()
+        values = (self.mask_sparsity(), self.current_target())
+        if values == self._logged and trainer.global_step % max(trainer.log_every_n_steps, 1):
+            return  # nothing new to show: Lightning's logging costs more host time than the rest of the step's pruning
+        self._logged = values
         # CPU tensors: a Python number would be copied to the GPU, which waits for the GPU at every step
-        pl_module.log(
-            "pruning/sparsity", torch.tensor(self.mask_sparsity()), prog_bar=True, on_step=True, on_epoch=False
-        )
-        pl_module.log("pruning/target", torch.tensor(self.current_target()), on_step=True, on_epoch=False)
+        pl_module.log("pruning/sparsity", torch.tensor(values[0]), prog_bar=True, on_step=True, on_epoch=False)
+        pl_module.log("pruning/target", torch.tensor(values[1]), on_step=True, on_epoch=False)
 
     def mask_sparsity(self) -> float:
         """Overall fraction of masked-out weights across all pruners (cheap: reads the masks only)."""
@@ -219,6 +321,7 @@ class PruningCallback(Callback):
 
     def report(self) -> SparsityReport:
         """One row per pruned weight: name, shape, measured sparsity, current and final target."""
+        self._follow_new_parameters()
         return SparsityReport(
             LayerSparsity(
                 name=name,
@@ -268,3 +371,26 @@ def _describe_difference(saved: list[dict], current: list[dict]) -> str:
             if old.get(key) != new[key]:
                 return f"pruners[{index}].{key} was {old.get(key)!r} and is now {new[key]!r}"
     return "the pruners differ"
+
+
+def _warn_about_ties(model: nn.Module, weights: dict[str, nn.Parameter]) -> None:
+    """Tied weights are one parameter, pruned once; say so, and loudly when the tie reaches an embedding."""
+    for name, others in tied_names(model, weights).items():
+        embeddings = [o for o in others if isinstance(owning_module(model, o), nn.Embedding)]
+        if embeddings:
+            rank_zero_warn(
+                f"weight {name!r} is tied to the embedding {embeddings[0]!r}: pruning it prunes the input embeddings "
+                "too (one parameter); exclude it with Pruner.excluded_names to keep the embeddings dense"
+            )
+        else:
+            rank_zero_info(f"PruningCallback: weight {name!r} is tied to {others}; it is pruned once, as one parameter")
+
+
+def _slots(sparsifiers: list[Sparsifier]) -> list[tuple[Sparsifier, str, dict[str, Any], str, nn.Parameter]]:
+    """Where each bound weight lives: its module's parameter dict and attribute, beside the parameter bound, so that
+    a step can tell cheaply whether the model re-created one."""
+    return [
+        (sparsifier, name, sparsifier.modules[name]._parameters, name.rpartition(".")[2], weight)
+        for sparsifier in sparsifiers
+        for name, weight in sparsifier.weights.items()
+    ]

@@ -1,26 +1,18 @@
-"""``Sparsifier``: one ``Pruner`` bound to the weights it selected, holding their masks and scores."""
+"""``Sparsifier``: one ``Pruner`` bound to the weights it selected, holding their masks and schedule position."""
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any, Optional
 
 import torch
 from torch import Tensor, nn
 
 from lightning_sparsity.functional.bits import pack_bits, unpack_bits
-from lightning_sparsity.functional.criteria import (
-    fisher_blocks_update_,
-    gradient_scores_,
-    group_lasso_grad_,
-    magnitude_scores,
-    obs_inverse,
-    obs_scores,
-    obs_update_,
-    snip_momentum_scores_,
-)
+from lightning_sparsity.functional.criteria import all_finite
 from lightning_sparsity.functional.patterns import pattern_masks
 from lightning_sparsity.functional.schedules import last_update_point, ramp_progress, scheduled_sparsity
+from lightning_sparsity.layers import as_out_in
 from lightning_sparsity.pruner import Pruner
 from lightning_sparsity.structure import StructuredGroup, structured_masks
 
@@ -28,32 +20,37 @@ from lightning_sparsity.structure import StructuredGroup, structured_masks
 class Sparsifier:
     """Keeps boolean masks (True = kept) for a pruner's weights and applies them in place.
 
-    The schedule is counted in optimizer steps when the pruner has a ``step_range``, else in epochs.
+    The pruner's prune type (``criterion``) scores the weights; the schedule is counted in optimizer steps
+    (``steps``, of the optimizer that holds the weights) when the pruner has a ``step_range``, else in epochs.
     Masks only grow sparser: a pruned weight stays pruned. With ``groups`` (``head``/``channel`` patterns),
     whole units of the groups are scored and pruned together across their weights.
     """
 
     def __init__(
-        self, pruner: Pruner, weights: dict[str, nn.Parameter], groups: Sequence[StructuredGroup] = ()
+        self,
+        pruner: Pruner,
+        weights: dict[str, nn.Parameter],
+        groups: Sequence[StructuredGroup] = (),
+        modules: Optional[Mapping[str, nn.Module]] = None,
     ) -> None:
         self.pruner = pruner
         self.weights = weights
+        self.modules = dict(modules or {})  # each weight's layer, where known: Conv1D weights are stored in x out
         self.numel = sum(w.numel() for w in weights.values())  # read every step by the logged sparsity
         self.groups = list(groups)
         self.pattern = pruner.parsed_pattern
-        self.settings = pruner.algorithm_settings
+        self.criterion = pruner.prune_type_class(pruner.settings, self.weights, self.modules, self.pattern)
         self.masks: dict[str, Tensor] = {}
-        self.scores: dict[str, Tensor] = {}
-        self.fisher: dict[str, Tensor] = {}  # OBS: Fisher blocks per weight, (blocks, size, size), until the ramp ends
         self.last_update: Optional[int] = None
         self.current_target = 0.0
-        self.scored_steps = 0
+        self.steps = 0  # optimizer steps taken, the clock of step-counted ramps
         self._derived_from: Optional[dict[str, Tensor]] = None  # the masks the next three are worked out from
         self._masked_weights: list[Tensor] = []
         self._keep_bytes: list[Tensor] = []
         self._pruned = 0
         for name, weight in weights.items():
-            _check_weight(name, weight, pruner)
+            _check_weight(name, self._out_in(name, weight), pruner)
+            self.criterion.check_weight(name, weight)
 
     @property
     def counts_steps(self) -> bool:
@@ -61,26 +58,28 @@ class Sparsifier:
 
     @property
     def ramp(self) -> list[int]:
-        return self.pruner.step_range if self.counts_steps else self.pruner.epoch_range
+        return self.pruner.step_range if self.counts_steps else self.pruner.epoch_range  # type: ignore[return-value]
 
     @property
     def target_reached(self) -> bool:
-        """Whether the masks are at the target: the ramp is over, and no more scores are needed (OBS's Fisher)."""
-        return self.current_target >= self.pruner.target_sparsity_ratio
+        """Whether the masks are at the target: the ramp is over."""
+        return self.current_target >= self.pruner.target_sparsity_ratio  # type: ignore[operator]
 
     @property
     def final_target(self) -> float:
-        return self.current_target if self.pruner.prune_type == "PatternLock" else self.pruner.target_sparsity_ratio
+        if not self.criterion.follows_schedule:
+            return self.current_target
+        return self.pruner.target_sparsity_ratio  # type: ignore[return-value]
 
     def lock_existing_zeros(self) -> None:
-        """PatternLock: the zeros the weights hold now become the masks, once."""
+        """For a prune type without a ramp (PatternLock): the zeros the weights hold now become the masks, once."""
         if not self.masks:
             self.masks = {name: w.detach() != 0 for name, w in self.weights.items()}
             self.current_target = self.mask_sparsity()
 
     def step(self, now: int) -> bool:
         """Updates the masks if an update point of the ramp lies in ``(last_update, now]``."""
-        if self.pruner.prune_type == "PatternLock":
+        if not self.criterion.follows_schedule:
             return False
         start, end = self.ramp
         point = last_update_point(now, start, end, self.pruner.update_frequency)
@@ -88,7 +87,10 @@ class Sparsifier:
             return False
         progress = ramp_progress(point, start, end)
         target = scheduled_sparsity(
-            progress, self.pruner.initial_sparsity_ratio, self.pruner.target_sparsity_ratio, self.pruner.schedule
+            progress,
+            self.pruner.initial_sparsity_ratio,  # type: ignore[arg-type]
+            self.pruner.target_sparsity_ratio,  # type: ignore[arg-type]
+            self.pruner.schedule,
         )
         self.update_masks(target)
         self.last_update = point
@@ -97,52 +99,55 @@ class Sparsifier:
     @torch.no_grad()
     def update_masks(self, sparsity: float) -> None:
         """Recomputes the masks to prune a ``sparsity`` fraction and zeroes the pruned weights."""
-        if not _all_finite(self.weights.values()):
-            name = next(name for name, weight in self.weights.items() if not _all_finite([weight]))
+        if not all_finite(self.weights.values()):
+            name = next(name for name, weight in self.weights.items() if not all_finite([weight]))
             raise FloatingPointError(
                 f"weight {name!r} holds NaN or infinite values at a pruning mask update; lower the "
                 "learning rate, enable gradient clipping (Trainer(gradient_clip_val=...)) or use fp32"
             )
-        inverses = self._obs_inverses() if self.fisher else {}
-        scores = (self._scores_for(name, weight, inverses.get(name)) for name, weight in self.weights.items())
         previous = self.masks
+        self.criterion.before_mask_update(previous)
+        scores = (self._scores_for(name, weight) for name, weight in self.weights.items())
         if self.groups:
             named_scores = dict(zip(self.weights, scores, strict=True))
             self.masks = structured_masks(self.groups, named_scores, sparsity, self.pruner.scope)
         else:
             bounds = (self.pruner.min_sparsity_ratio_per_layer, self.pruner.max_sparsity_ratio_per_layer)
             settings = (sparsity, self.pattern, self.pruner.method, self.pruner.scope, bounds)
+            matrices = (self._out_in(name, s) for name, s in zip(self.weights, scores, strict=True))
             on_cpu = all(weight.device.type == "cpu" for weight in self.weights.values())
             if self.pruner.scope == "global" or not on_cpu:  # a GPU sorts equal-sized tensors together
-                keeps = pattern_masks(list(scores), *settings)
+                keeps = pattern_masks(list(matrices), *settings)
             else:  # tensor by tensor on the CPU, so that one score tensor is alive at a time
-                keeps = [pattern_masks([tensor_scores], *settings)[0] for tensor_scores in scores]
-            self.masks = dict(zip(self.weights, keeps, strict=True))
-        for name, inverse in inverses.items():
-            pruned = self.masks[name].logical_not()
-            obs_update_(self.weights[name], inverse, pruned if name not in previous else pruned & previous[name])
+                keeps = [pattern_masks([matrix], *settings)[0] for matrix in matrices]
+            self.masks = {
+                name: self._out_in(name, keep).contiguous() for name, keep in zip(self.weights, keeps, strict=True)
+            }
         self.current_target = sparsity
-        if self.target_reached:
-            self.fisher = {}  # no later update reads it
+        self.criterion.after_mask_update(previous, self.masks, self.target_reached)
         self.apply_masks()
 
-    def _obs_inverses(self) -> dict[str, Tensor]:
-        """OBS: every weight's inverse Fisher blocks over the weights its mask still keeps."""
-        damping = self.settings["damping"]
-        inverses = {}
-        for name, fisher in self.fisher.items():
-            keep = self.masks[name] if name in self.masks else torch.ones_like(self.weights[name], dtype=torch.bool)
-            inverses[name] = obs_inverse(fisher, keep, damping)
-        return inverses
+    def _out_in(self, name: str, tensor: Tensor) -> Tensor:
+        """A weight-shaped tensor seen as ``out_features x in_features`` (transposed for a Conv1D weight)."""
+        module = self.modules.get(name)
+        return tensor if module is None else as_out_in(tensor, module)
 
     def follow_weights(self) -> None:
-        """Moves masks and scores to their weights' devices: Lightning moves the model to the CPU after a fit on a
-        GPU, and a later fit may run on another device than the one the masks were made on."""
-        self.masks, self.scores, self.fisher = map(self._on_weight_devices, (self.masks, self.scores, self.fisher))
+        """Moves masks and criterion state to their weights' devices: Lightning moves the model to the CPU after a
+        fit on a GPU, and a later fit may run on another device than the one the masks were made on."""
+        self.masks = {name: mask.to(self.weights[name].device) for name, mask in self.masks.items()}
+        self.criterion.load_state_dict(self.criterion.state_dict())  # its loading moves tensors to their weights
 
-    def _on_weight_devices(self, tensors: dict[str, Tensor]) -> dict[str, Tensor]:
-        """``tensors`` by weight name, each on its weight's device."""
-        return {name: tensor.to(self.weights[name].device) for name, tensor in tensors.items()}
+    def rebind(self, weights: Mapping[str, nn.Parameter]) -> None:
+        """Follows parameters that the model re-created (same names and shapes): masks carry over to them."""
+        for name, weight in weights.items():
+            if weight.shape != self.weights[name].shape:
+                raise ValueError(
+                    f"weight {name!r} was replaced by a parameter of shape {tuple(weight.shape)} during pruning (it "
+                    f"had {tuple(self.weights[name].shape)}): its mask no longer fits; prune the new model afresh"
+                )
+            self.weights[name] = weight
+        self._derived_from = None
 
     @torch.no_grad()
     def apply_masks(self) -> None:
@@ -158,65 +163,21 @@ class Sparsifier:
             torch._foreach_mul_(self._masked_weights, self._keep_bytes)
             torch._foreach_add_(self._masked_weights, 0.0)
 
-    @torch.no_grad()
     def before_optimizer_step(self, skip_non_finite: bool = True) -> None:
-        """Accumulates gradient scores and adds the group-lasso penalty to the gradients.
+        """Lets the prune type read this step's gradients (``skip_non_finite``: fp16 AMP's GradScaler skips steps
+        whose gradients hold inf or NaN; the check waits for the GPU, so it is left out without a scaler)."""
+        self.criterion.before_optimizer_step(skip_non_finite)
 
-        With ``skip_non_finite`` (for fp16 AMP, whose GradScaler skips such steps), a step whose gradients hold
-        inf or NaN leaves the scores alone; the check waits for the GPU, so it is left out without a scaler.
-        """
-        prune_type = self.pruner.prune_type
-        if prune_type not in ("SnipMomentum", "Gradient", "GroupLasso", "OBS"):
-            return
-        if prune_type == "OBS" and self.target_reached:
-            return  # the Fisher is no longer kept
-        if prune_type != "GroupLasso" and skip_non_finite:
-            grads = [w.grad for w in self.weights.values() if w.grad is not None]
-            if grads and not _all_finite(grads):
-                return  # an fp16 AMP overflow step, which GradScaler skips: its scores would stay inf or NaN for good
-        for name, weight in self.weights.items():
-            if weight.grad is None:
-                continue
-            if prune_type == "GroupLasso":
-                rows, cols = self.pattern.block_shape(weight.shape)
-                group_lasso_grad_(weight.grad, weight, rows, cols, self.settings["alpha"])
-                continue
-            if prune_type == "OBS":
-                fisher = self.fisher.get(name)
-                if fisher is None:
-                    size = int(self.settings["block_size"])
-                    fisher = self.fisher[name] = weight.new_zeros(
-                        (weight.numel() // size, size, size), dtype=torch.float32
-                    )
-                fisher_blocks_update_(fisher, weight.grad, self.settings["fisher_decay"])
-                continue
-            scores = self.scores.get(name)
-            if scores is None:
-                scores = self.scores[name] = torch.zeros_like(weight, dtype=torch.float32)
-            if prune_type == "SnipMomentum":
-                snip_momentum_scores_(scores, weight, weight.grad, self.settings["momentum"])
-            else:
-                gradient_scores_(scores, weight.grad)
-        if prune_type != "GroupLasso":
-            self.scored_steps += 1
-
-    def _scores_for(self, name: str, weight: Tensor, inverse: Optional[Tensor] = None) -> Tensor:
-        """Importance scores in a fresh tensor, already-pruned weights at -1 (gradient types fall back to
-        magnitude until a gradient has been seen; OBS scores from ``inverse``, its inverse Fisher blocks).
-
-        Every criterion scores >= 0, so -1 ranks pruned weights first like ``-inf`` would; setting it by
-        arithmetic (``mul_``, ``add_``) is several times faster on CPU than ``masked_fill_``.
-        """
-        stored = self.scores.get(name) if self.scored_steps else None
+    def _scores_for(self, name: str, weight: Tensor) -> Tensor:
+        """The criterion's scores, already-pruned weights at the lowest finite value so that they stay pruned
+        whatever the sign of the scores; set by arithmetic (``mul_``, ``add_``), several times faster on CPU than
+        ``masked_fill_``."""
+        scores = self.criterion.scores(name, weight)
         mask = self.masks.get(name)
-        keep = None if mask is None else mask.view(torch.uint8)  # multiplies faster than bool
-        if stored is not None:  # kept across steps: masked into a copy
-            scores = stored.clone() if keep is None else stored * keep
-        else:
-            scores = magnitude_scores(weight).float() if inverse is None else obs_scores(weight, inverse)
-            if keep is not None:
-                scores.mul_(keep)
-        return scores if mask is None else scores.add_(mask.logical_not().view(torch.uint8), alpha=-1.0)
+        if mask is None:
+            return scores
+        lowest = torch.finfo(scores.dtype).min
+        return scores.mul_(mask.view(torch.uint8)).add_(mask.logical_not().view(torch.uint8), alpha=lowest)
 
     def mask_sparsity(self) -> float:
         """Fraction of masked-out weights (0 before the first update), counted once per new set of masks."""
@@ -235,44 +196,94 @@ class Sparsifier:
         self._pruned = sum(m.numel() for m in self.masks.values()) - sum(int(count) for count in kept)
 
     def state_dict(self) -> dict[str, Any]:
-        """Masks packed 8 to a byte (uint8), scores and OBS's Fisher blocks as they are, and the schedule position."""
+        """Masks packed 8 to a byte (uint8), the prune type's state and the schedule position."""
         return {
             "masks": {name: pack_bits(mask) for name, mask in self.masks.items()},
-            "scores": dict(self.scores),
-            "fisher": dict(self.fisher),
+            "criterion": self.criterion.state_dict(),
             "last_update": self.last_update,
             "current_target": self.current_target,
-            "scored_steps": self.scored_steps,
+            "steps": self.steps,
         }
 
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        for kind in ("masks", "scores", "fisher"):
-            unknown = set(state.get(kind, {})) - set(self.weights)
-            if unknown:
+    def load_state_dict(self, state: Mapping[str, Any], steps_taken: int = 0) -> None:
+        """Restores :meth:`state_dict`, checked field by field; state format 2 (``scores``/``fisher`` beside the masks,
+        no ``steps``: ``steps_taken`` then, the trainer's global step) and 1 (boolean masks) still load."""
+        masks = {name: self._checked_mask(name, mask) for name, mask in _field(state, "masks", dict).items()}
+        self.current_target = _checked_number(state, "current_target", 0.0, 1.0)
+        last_update = state.get("last_update")
+        if last_update is not None:
+            low, high = self.ramp
+            last_update = int(_checked_number(state, "last_update", low, high, integer=True))
+        criterion = state.get("criterion")
+        if criterion is None:  # format 2
+            criterion = {
+                "scores": state.get("scores", {}),
+                "fisher": state.get("fisher", {}),
+                "done": self.target_reached,
+            }
+        _check_names(self, _field({"criterion": criterion}, "criterion", dict))
+        self.criterion.load_state_dict(criterion)
+        self.masks, self.last_update = masks, last_update
+        self.steps = (
+            int(_checked_number(state, "steps", 0, float("inf"), integer=True)) if "steps" in state else steps_taken
+        )
+
+    def _checked_mask(self, name: str, mask: Any) -> Tensor:
+        """A checkpoint's mask for weight ``name``: packed bits of exactly the weight's size, or a boolean tensor of
+        its shape (state format 1); anything else is a ValueError naming the weight."""
+        weight = self.weights.get(name)
+        if weight is None:
+            raise ValueError(
+                f"the checkpoint's pruning masks name weight {name!r}, which this pruner does not select; resume "
+                "with the pruning configuration that wrote the checkpoint"
+            )
+        if isinstance(mask, Tensor) and mask.dtype == torch.bool and mask.shape == weight.shape:
+            return mask.to(weight.device)
+        packed_size = (weight.numel() + 7) // 8
+        if not (isinstance(mask, Tensor) and mask.dtype == torch.uint8 and mask.shape == (packed_size,)):
+            found = f"{mask.dtype} of shape {tuple(mask.shape)}" if isinstance(mask, Tensor) else type(mask).__name__
+            raise ValueError(
+                f"the checkpoint's pruning mask for weight {name!r} is {found}; a mask of that weight is {packed_size} "
+                f"packed uint8 bytes or a bool tensor of shape {tuple(weight.shape)}: the checkpoint is damaged or was "
+                "written for another model"
+            )
+        return unpack_bits(mask.to(weight.device), weight.shape)
+
+
+def _field(state: Mapping[str, Any], key: str, kind: type) -> Any:
+    value = state.get(key)
+    if not isinstance(value, kind):
+        raise ValueError(f"the checkpoint's pruning state has {key}={value!r}; expected a {kind.__name__}")
+    return value
+
+
+def _checked_number(state: Mapping[str, Any], key: str, low: float, high: float, integer: bool = False) -> float:
+    value = state.get(key)
+    if isinstance(value, Tensor) and value.dim() == 0:
+        value = value.item()
+    valid = isinstance(value, (int, float)) and not isinstance(value, bool) and low <= value <= high
+    if not valid or (integer and float(value) != int(value)):
+        kind = "an integer" if integer else "a number"
+        raise ValueError(
+            f"the checkpoint's pruning state has {key}={value!r}; expected {kind} in [{low:g}, {high:g}]: the "
+            "checkpoint is damaged or was written with another pruning configuration"
+        )
+    return float(value)
+
+
+def _check_names(sparsifier: Sparsifier, criterion: Mapping[str, Any]) -> None:
+    """Every tensor of the criterion's state names a weight of this pruner, on a floating-point tensor."""
+    for key, entries in criterion.items():
+        if not isinstance(entries, dict):
+            continue
+        for name, tensor in entries.items():
+            if name not in sparsifier.weights:
                 raise ValueError(
-                    f"the checkpoint's pruning {kind} name weights this pruner does not select: {sorted(unknown)}; "
-                    "resume with the pruning configuration that wrote the checkpoint"
+                    f"the checkpoint's pruning {key} name weight {name!r}, which this pruner does not select; resume "
+                    "with the pruning configuration that wrote the checkpoint"
                 )
-        self.masks = {n: _unpacked(m, self.weights[n]) for n, m in state["masks"].items()}
-        self.scores = self._on_weight_devices(state["scores"])
-        self.fisher = self._on_weight_devices(state.get("fisher", {}))
-        self.last_update = state["last_update"]
-        self.current_target = float(state["current_target"])
-        self.scored_steps = int(state["scored_steps"])
-
-
-def _unpacked(mask: Tensor, weight: Tensor) -> Tensor:
-    """A checkpoint's mask for ``weight``: packed bits, or a boolean tensor (state format 1)."""
-    mask = mask.to(weight.device)
-    return mask if mask.dtype == torch.bool else unpack_bits(mask, weight.shape)
-
-
-def _all_finite(tensors: Iterable[Tensor]) -> bool:
-    """Whether no tensor holds inf or NaN: one min/max pass per tensor (no temporary the size of the tensor,
-    unlike ``isfinite().all()``, which is ten times slower on CPU; unlike a sum, no fp16 overflow) and one
-    synchronisation for all."""
-    extremes = torch.stack([torch.stack(torch.aminmax(t.detach())).float() for t in tensors])
-    return bool(extremes.isfinite().all())
+            if not (isinstance(tensor, Tensor) and tensor.is_floating_point()):
+                raise ValueError(f"the checkpoint's pruning {key} for weight {name!r} is not a floating-point tensor")
 
 
 def _check_weight(name: str, weight: nn.Parameter, pruner: Pruner) -> None:
@@ -282,13 +293,6 @@ def _check_weight(name: str, weight: nn.Parameter, pruner: Pruner) -> None:
         raise ValueError(
             f"weight {name!r} is frozen (requires_grad=False): pruning it would leave it unable to recover; "
             "unfreeze it or remove it with Pruner.excluded_names"
-        )
-    block_size = int(pruner.algorithm_settings["block_size"]) if pruner.prune_type == "OBS" else 1
-    if weight[0].numel() % block_size:
-        raise ValueError(
-            f"Pruner.parameters['block_size']={block_size} does not divide the "
-            f"{weight[0].numel()} in_features of weight {name!r}; pick a block size that divides every selected "
-            "weight's rows or exclude the weight with Pruner.excluded_names"
         )
     if not pruner.parsed_pattern.divides(weight.shape):
         raise ValueError(

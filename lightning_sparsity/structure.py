@@ -18,7 +18,7 @@ from typing import Literal
 import torch
 from torch import Tensor, nn
 
-from lightning_sparsity.functional.patterns import Pattern, Scope, pattern_masks
+from lightning_sparsity.functional.patterns import Blocks, Scope, pattern_masks
 
 Structure = Literal["head", "channel"]
 SUPPORTED_MODELS = "BERT-family models (BERT, RoBERTa, XLM-R, ELECTRA, DistilBERT, MiniLM)"
@@ -172,7 +172,7 @@ def structured_masks(
 ) -> dict[str, Tensor]:
     """Keep-masks pruning a ``sparsity`` fraction of units: of each group (``local``) or of all (``global``)."""
     units = [unit_scores(g, scores)[:, None] for g in groups]
-    keeps = pattern_masks(units, sparsity, Pattern(), scope=scope)
+    keeps = pattern_masks(units, sparsity, Blocks(), scope=scope)
     shapes = {name: scores[name].shape for name in scores}
     masks: dict[str, Tensor] = {}
     for group, keep in zip(groups, keeps, strict=True):

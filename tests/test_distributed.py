@@ -29,7 +29,7 @@ class SaveRankState(Callback):
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         state = {
             "masks": {n: m for s in self.pruning.sparsifiers for n, m in s.masks.items()},
-            "scores": {n: v for s in self.pruning.sparsifiers for n, v in s.scores.items()},
+            "scores": {n: v for s in self.pruning.sparsifiers for n, v in getattr(s.criterion, "stored", {}).items()},
             "weights": {n: w.detach() for s in self.pruning.sparsifiers for n, w in s.weights.items()},
             "sparsity": self.pruning.sparsity(),
         }

@@ -64,8 +64,7 @@ def test_obs_under_an_identity_fisher_is_magnitude_pruning_and_moves_no_kept_wei
     weights = {name: torch.nn.Parameter(torch.randn(16, 32)) for name in ("a", "b")}
     original = {name: w.detach().clone() for name, w in weights.items()}
     obs = Sparsifier(Pruner(prune_type="OBS", scope="global", parameters={"block_size": 8}), weights)
-    obs.fisher = {name: torch.eye(8).repeat(64, 1, 1) for name in weights}
-    obs.scored_steps = 1
+    obs.criterion.fisher = {name: torch.eye(8).repeat(64, 1, 1) for name in weights}
     obs.update_masks(0.6)
     magnitude = Sparsifier(Pruner(scope="global"), {n: torch.nn.Parameter(w.clone()) for n, w in original.items()})
     magnitude.update_masks(0.6)
@@ -114,7 +113,7 @@ def test_obs_trains_to_the_exact_target_and_drops_its_fisher_after_the_ramp(acce
         weight = sparsifier.weights[name].to(mask.device)  # Lightning moves the model back to the CPU after fit
         assert int((~mask).sum()) == round(0.75 * mask.numel())
         assert bool((weight[~mask] == 0).all()) and bool((weight[mask] != 0).all())
-    assert sparsifier.masks and sparsifier.fisher == {}
+    assert sparsifier.masks and sparsifier.criterion.fisher == {}
 
 
 @pytest.mark.parametrize(

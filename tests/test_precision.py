@@ -83,12 +83,11 @@ def test_overflowing_fp16_steps_leave_gradient_scores_untouched(prune_type: str)
     sparsifier = Sparsifier(Pruner(prune_type=prune_type), {"weight": weight})
     weight.grad = torch.randn(4, 8)
     sparsifier.before_optimizer_step()
-    scores = sparsifier.scores["weight"].clone()
+    scores = sparsifier.criterion.stored["weight"].clone()
     for overflow in (float("inf"), float("nan")):
         weight.grad[1, 2] = overflow
         sparsifier.before_optimizer_step()
-        assert torch.equal(sparsifier.scores["weight"], scores)
-    assert sparsifier.scored_steps == 1
+        assert torch.equal(sparsifier.criterion.stored["weight"], scores)
 
 
 def test_the_callback_skips_overflow_steps_only_under_a_grad_scaler() -> None:
@@ -96,15 +95,18 @@ def test_the_callback_skips_overflow_steps_only_under_a_grad_scaler() -> None:
     module = TinyBert()
     pruning = PruningCallback([Pruner(prune_type="SnipMomentum", names=[r"query\.weight"])])
     trainer = make_trainer()
-    pruning.setup(trainer, module, "fit")
+    pruning.sparsifiers = pruning._bind(module)
     (sparsifier,) = pruning.sparsifiers
+    optimizer = torch.optim.SGD(module.parameters(), lr=0.1)
+    pruning._clocks = [optimizer]
     for weight in sparsifier.weights.values():
         weight.grad = torch.full_like(weight, float("inf"))
-    pruning.on_before_optimizer_step(SimpleNamespace(precision_plugin=SimpleNamespace(scaler=object())), module, None)
-    assert sparsifier.scored_steps == 0 and not sparsifier.scores
+    scaler = SimpleNamespace(precision_plugin=SimpleNamespace(scaler=object()))
+    pruning.on_before_optimizer_step(scaler, module, optimizer)  # type: ignore[arg-type]
+    assert not sparsifier.criterion.stored
     assert getattr(trainer.precision_plugin, "scaler", None) is None  # fp32 on the CPU
-    pruning.on_before_optimizer_step(trainer, module, None)
-    assert sparsifier.scored_steps == 1
+    pruning.on_before_optimizer_step(trainer, module, optimizer)
+    assert sparsifier.criterion.stored.keys() == sparsifier.weights.keys()
 
 
 def test_fp16_weights_whose_sum_overflows_fp16_still_update() -> None:

@@ -159,7 +159,9 @@ def test_masks_survive_validate_test_and_a_second_fit_without_growing() -> None:
     pruning = PruningCallback([Pruner(target_sparsity_ratio=0.6, step_range=[0, 6], update_frequency=2)])
     make_trainer(max_epochs=1, callbacks=[pruning]).fit(module, toy_loader())
     masks = {name: mask.clone() for name, mask in masks_of(pruning).items()}
-    held = len(pruning.state_dict()["states"][0]["masks"]) + len(pruning.state_dict()["states"][0]["scores"])
+    held = len(pruning.state_dict()["states"][0]["masks"]) + len(
+        pruning.state_dict()["states"][0]["criterion"].get("scores", {})
+    )
 
     trainer = make_trainer(callbacks=[pruning])
     trainer.validate(module, toy_loader(seed=1))
@@ -168,7 +170,7 @@ def test_masks_survive_validate_test_and_a_second_fit_without_growing() -> None:
 
     state = pruning.state_dict()["states"][0]
     assert len(pruning.sparsifiers) == 1
-    assert len(state["masks"]) + len(state["scores"]) == held
+    assert len(state["masks"]) + len(state["criterion"].get("scores", {})) == held
     for name, mask in masks_of(pruning).items():
         assert torch.equal(mask, masks[name])
         assert not module.get_parameter(name)[~mask].any()
@@ -206,7 +208,7 @@ def test_resuming_a_finished_run_keeps_its_masks_in_new_checkpoints(tmp_path: Pa
 def test_checkpoints_hold_masks_packed_eight_to_a_byte(tmp_path: Path) -> None:
     _, pruning = fit("SnipMomentum", callbacks=[ModelCheckpoint(tmp_path, filename="run")])
     state = torch.load(tmp_path / "run.ckpt", weights_only=True)["callbacks"]["PruningCallback"]
-    assert state["format"] == 2
+    assert state["format"] == 3
     for name, mask in masks_of(pruning).items():
         packed = state["states"][0]["masks"][name]
         assert packed.dtype == torch.uint8 and packed.numel() == -(-mask.numel() // 8)
@@ -236,5 +238,5 @@ def test_state_format_1_with_boolean_masks_still_resumes(tmp_path: Path) -> None
 def test_unknown_state_format_is_refused() -> None:
     pruning = PruningCallback([Pruner(**PRUNERS["SnipMomentum"])])
     state = {**pruning.state_dict(), "format": 99}
-    with pytest.raises(ValueError, match=r"format 99, expected one of \(1, 2\).*another version"):
+    with pytest.raises(ValueError, match=r"format 99, expected one of \(1, 2, 3\).*another version"):
         pruning.load_state_dict(state)

@@ -13,7 +13,8 @@ from collections.abc import Mapping
 from typing import Any, Optional
 
 from lightning_sparsity.functional.patterns import parse_pattern
-from lightning_sparsity.pruner import Pruner, _is_int, _is_number
+from lightning_sparsity.numbers import is_integer, is_real
+from lightning_sparsity.pruner import Pruner
 
 #: INC's defaults (``process_and_check_config``) for every key a pruning group may set.
 INC_DEFAULTS: dict[str, Any] = {
@@ -103,7 +104,7 @@ def _pruner(settings: dict[str, Any], where: str) -> Pruner:
     """INC's ``check_config`` and ``get_pruner`` for one group, then the equivalent Pruner."""
     start, end, frequency = settings["start_step"], settings["end_step"], settings["pruning_frequency"]
     for key, value in (("start_step", start), ("end_step", end), ("pruning_frequency", frequency)):
-        if not _is_int(value):
+        if not is_integer(value):
             raise ValueError(f"{where}.{key} must be an integer, got {value!r}")
     if start < 0:
         raise ValueError(f"{where}.start_step must be >= 0, got {start}")
@@ -159,7 +160,7 @@ def _pruner(settings: dict[str, Any], where: str) -> Pruner:
 
 def _ratio(settings: Mapping[str, Any], key: str, where: str, upper_open: bool) -> float:
     value = settings[key]
-    if not _is_number(value) or not (0.0 <= value < 1.0 if upper_open else 0.0 <= value <= 1.0):
+    if not is_real(value) or not (0.0 <= value < 1.0 if upper_open else 0.0 <= value <= 1.0):
         raise ValueError(f"{where}.{key} must be a number in [0, 1{')' if upper_open else ']'}, got {value!r}")
     return float(value)
 
@@ -214,7 +215,7 @@ def _algorithm(
     if unknown:
         raise ValueError(f"{where}.parameters has unknown keys {unknown}; INC pruning reads only 'reg_coeff'")
     coefficient = parameters.get("reg_coeff", settings["reg_coeff"])  # INC copies parameters over the top level
-    if not _is_number(coefficient) or coefficient < 0:
+    if not is_real(coefficient) or coefficient < 0:
         raise ValueError(f"{where}.reg_coeff must be a number >= 0, got {coefficient!r}")
     criterion = pruning_type.removesuffix("_progressive")
     reg_type = settings["reg_type"]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 import torch
 from torch import Tensor
 
@@ -21,6 +23,19 @@ def gradient_scores_(scores: Tensor, grad: Tensor) -> Tensor:
 def snip_momentum_scores_(scores: Tensor, weight: Tensor, grad: Tensor, momentum: float = 0.9) -> Tensor:
     """``scores = momentum * scores + |w * grad|``, updated in place (SnipMomentum, INC's default)."""
     return scores.mul_(momentum).add_((weight.detach() * grad.detach()).abs_())
+
+
+def movement_scores_(scores: Tensor, weight: Tensor, grad: Tensor) -> Tensor:
+    """``scores += -w * grad``, in place: negative for weights that gradient descent moves towards zero (Movement)."""
+    return scores.addcmul_(weight.detach().float(), grad.detach().float(), value=-1.0)
+
+
+def wanda_scores(weight: Tensor, feature_norms: Tensor, transposed: bool = False) -> Tensor:
+    """``|w_ij| * ||x_j||`` in a fresh float tensor (Wanda): ``feature_norms`` holds one norm per input feature (per
+    input channel of a convolution); ``transposed`` for weights stored ``in x out`` (transformers' Conv1D)."""
+    norms = feature_norms.float()
+    shape = (-1, 1) if transposed else (1, -1, *([1] * (weight.dim() - 2)))
+    return weight.detach().abs().float().mul_(norms.view(shape))
 
 
 def group_lasso_grad_(grad: Tensor, weight: Tensor, rows: int, cols: int, alpha: float) -> Tensor:
@@ -72,3 +87,11 @@ def _restricted(blocks: Tensor, selected: Tensor) -> Tensor:
     """Every block with the rows and columns of its unselected weights (``selected``: 1 or 0 per weight) replaced
     by the identity's: inverting or solving it acts on the selected weights alone."""
     return blocks * selected[:, :, None] * selected[:, None, :] + torch.diag_embed(1.0 - selected)
+
+
+def all_finite(tensors: Iterable[Tensor]) -> bool:
+    """Whether no tensor holds inf or NaN: one min/max pass per tensor (no temporary the size of the tensor,
+    unlike ``isfinite().all()``, which is ten times slower on CPU; unlike a sum, no fp16 overflow) and one
+    synchronisation for all."""
+    extremes = [torch.stack(torch.aminmax(t.detach())).float() for t in tensors if t.numel()]
+    return not extremes or bool(torch.stack(extremes).isfinite().all())

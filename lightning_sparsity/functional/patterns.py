@@ -39,62 +39,134 @@ PATTERN_FORMS = (
     '"channel"',
 )
 
+PATTERN_KINDS = ("unstructured", "blocks", "n_of_m", "structured")
+PATTERN_EXAMPLES = {
+    "unstructured": 'pattern="1x1"',
+    "blocks": 'a block pattern "NxM" ("1x1" included)',
+    "n_of_m": 'an "N:M" pattern',
+    "structured": '"head" or "channel"',
+}
+
 _BLOCK = re.compile(r"(\d+|channel)x(\d+|channel)")
 _N_OF_M = re.compile(r"(\d+):(\d+)")
 
 
-@dataclass(frozen=True)
 class Pattern:
-    """A parsed pattern: ``rows x cols`` blocks, ``n`` zeros in every ``m`` weights when ``m > 0``, or a
-    model ``structure`` (``"head"``, ``"channel"``) when set. A block side of 0 spans the whole dimension."""
+    """A pattern kind: which weights of a matrix are pruned together. Each kind answers how its units are scored
+    (:meth:`unit_scores`), how a kept unit becomes a weight mask (:meth:`expand`), whether it divides a weight
+    (:meth:`divides`) and how sparse it can get (``max_sparsity``)."""
 
-    rows: int = 1
-    cols: int = 1
-    n: int = 0
-    m: int = 0
-    structure: str = ""
+    kind: str = ""
+    max_sparsity: float = 1.0  # the largest sparsity the pattern can express
 
     @property
     def is_structured(self) -> bool:
-        return bool(self.structure)
+        return self.kind == "structured"
 
     @property
     def is_n_of_m(self) -> bool:
-        return self.m > 0
+        return self.kind == "n_of_m"
+
+    def divides(self, shape: torch.Size) -> bool:
+        """Whether a weight of ``shape`` (``out x in``) splits into whole units."""
+        return True
+
+    def unit_scores(self, matrix: Tensor) -> Tensor:
+        """The scores of the units of an ``out x in`` score matrix, as a matrix; lower is pruned first."""
+        raise NotImplementedError
+
+    def expand(self, keep: Tensor, shape: torch.Size) -> Tensor:
+        """The ``out x in`` weight mask of a unit keep-mask from :meth:`unit_scores`'s layout."""
+        raise NotImplementedError
+
+    def units(self, shape: torch.Size) -> int:
+        """How many units a weight of ``shape`` has (``reachable`` ratios are multiples of ``1 / units``)."""
+        return int(self.unit_scores(torch.zeros(shape[0], _in_features(shape))).numel())
+
+
+@dataclass(frozen=True)
+class Blocks(Pattern):
+    """``rows x cols`` blocks scored by the sum of their elements' scores; a side of 0 spans the whole dimension.
+    ``1x1`` is unstructured pruning."""
+
+    rows: int = 1
+    cols: int = 1
 
     @property
-    def max_sparsity(self) -> float:
-        """The largest sparsity the pattern can express (N/M for N:M, otherwise all zeros)."""
-        return self.n / self.m if self.is_n_of_m else 1.0
+    def kind(self) -> str:  # type: ignore[override]
+        return "unstructured" if (self.rows, self.cols) == (1, 1) else "blocks"
 
     def block_shape(self, shape: torch.Size) -> tuple[int, int]:
         """The ``rows x cols`` block for a weight of ``shape``, whole-dimension (0) sides resolved."""
         return self.rows or shape[0], self.cols or _in_features(shape)
 
     def divides(self, shape: torch.Size) -> bool:
-        """Whether a weight of ``shape`` splits into whole blocks or groups."""
-        out_features, in_features = shape[0], _in_features(shape)
-        if self.is_structured:
-            return True  # checked against the model's structure when the pruner is bound
-        if self.is_n_of_m:
-            return in_features % self.m == 0
         rows, cols = self.block_shape(shape)
-        return out_features % rows == 0 and in_features % cols == 0
+        return shape[0] % rows == 0 and _in_features(shape) % cols == 0
+
+    def unit_scores(self, matrix: Tensor) -> Tensor:
+        return block_reduce(matrix, *self.block_shape(matrix.shape))
+
+    def expand(self, keep: Tensor, shape: torch.Size) -> Tensor:
+        return expand_blocks(keep, *self.block_shape(shape)).reshape(shape)
+
+    def units(self, shape: torch.Size) -> int:
+        rows, cols = self.block_shape(shape)
+        return (shape[0] // rows) * (_in_features(shape) // cols)
+
+
+@dataclass(frozen=True)
+class NOfM(Pattern):
+    """``n`` zeros in every ``m`` consecutive weights along the input dimension (``2:4``: sparse tensor cores)."""
+
+    n: int = 2
+    m: int = 4
+    kind = "n_of_m"
+
+    @property
+    def max_sparsity(self) -> float:  # type: ignore[override]
+        return self.n / self.m
+
+    def divides(self, shape: torch.Size) -> bool:
+        return _in_features(shape) % self.m == 0
+
+    def unit_scores(self, matrix: Tensor) -> Tensor:
+        """Element scores, where all but the ``n`` lowest of each group of ``m`` score ``+inf``, so that no
+        selection of at most ``n / m`` of the weights ever reaches them."""
+        groups = matrix.reshape(matrix.shape[0], -1, self.m)
+        lowest = groups.topk(self.n, dim=-1, largest=False).indices
+        candidates = torch.zeros_like(groups, dtype=torch.bool).scatter_(-1, lowest, True)
+        return groups.masked_fill(~candidates, float("inf")).reshape_as(matrix)
+
+    def expand(self, keep: Tensor, shape: torch.Size) -> Tensor:
+        return keep.reshape(shape)
+
+    def units(self, shape: torch.Size) -> int:
+        return shape[0] * _in_features(shape)
+
+
+@dataclass(frozen=True)
+class Structured(Pattern):
+    """Whole units of a model's structure across several weights (``head``: attention heads, ``channel``: FFN
+    neurons); their masks are made from the model's structure (:mod:`lightning_sparsity.structure`)."""
+
+    structure: str = "head"
+    kind = "structured"
 
 
 def parse_pattern(pattern: str) -> Pattern:
     """Parses ``"1x1"``, ``"NxM"``, ``"N:M"``, ``"head"`` or ``"channel"``; anything else is a ValueError."""
     if pattern in STRUCTURED_PATTERNS:
-        return Pattern(structure=pattern)
+        return Structured(structure=pattern)
     if isinstance(pattern, str):
         if block := _BLOCK.fullmatch(pattern):
             rows, cols = (_block_side(side) for side in block.groups())
             if rows is not None and cols is not None and rows + cols > 0:
-                return Pattern(rows=rows, cols=cols)
+                return Blocks(rows=rows, cols=cols)
         elif n_of_m := _N_OF_M.fullmatch(pattern):
             n, m = int(n_of_m[1]), int(n_of_m[2])
             if 1 <= n < m:
-                return Pattern(n=n, m=m)
+                return NOfM(n=n, m=m)
     raise ValueError(
         f"pattern={pattern!r} is not valid: use one of {', '.join(PATTERN_FORMS)} "
         "(block sides >= 1; for N:M, 1 <= N < M)"
@@ -130,18 +202,8 @@ def expand_blocks(blocks: Tensor, rows: int, cols: int) -> Tensor:
 
 
 def group_scores(scores: Tensor, pattern: Pattern) -> Tensor:
-    """Scores of the units the pattern prunes together, as a matrix.
-
-    For N:M, non-candidates (all but the N lowest of each group of M) score ``+inf`` so that no
-    selection of at most N/M of the weights ever reaches them.
-    """
-    matrix = as_matrix(scores)
-    if not pattern.is_n_of_m:
-        return block_reduce(matrix, *pattern.block_shape(scores.shape))
-    groups = matrix.reshape(matrix.shape[0], -1, pattern.m)
-    lowest = groups.topk(pattern.n, dim=-1, largest=False).indices
-    candidates = torch.zeros_like(groups, dtype=torch.bool).scatter_(-1, lowest, True)
-    return groups.masked_fill(~candidates, float("inf")).reshape_as(matrix)
+    """Scores of the units the pattern prunes together, as a matrix (see :meth:`Pattern.unit_scores`)."""
+    return pattern.unit_scores(as_matrix(scores))
 
 
 def pattern_masks(
@@ -175,7 +237,7 @@ def pattern_masks(
         keeps = [_per_row_mask(u, round(min(sparsity, high) * u.shape[1])) for u in units]
     else:
         keeps = smallest_k_each(units, [round(min(sparsity, high) * u.numel()) for u in units])
-    return [_unit_to_weight_mask(keep, s.shape, pattern) for keep, s in zip(keeps, scores, strict=True)]
+    return [pattern.expand(keep, s.shape).reshape(s.shape) for keep, s in zip(keeps, scores, strict=True)]
 
 
 _CAP_ROUNDS = 3  # selections that cap only the tensors pruned past their caps, before all caps are set
@@ -226,12 +288,6 @@ def _per_row_mask(units: Tensor, k: int) -> Tensor:
     if k > 0:
         keep.scatter_(1, units.topk(k, dim=1, largest=False).indices, False)
     return keep
-
-
-def _unit_to_weight_mask(keep: Tensor, shape: torch.Size, pattern: Pattern) -> Tensor:
-    if not pattern.is_n_of_m:
-        keep = expand_blocks(keep, *pattern.block_shape(shape))
-    return keep.reshape(shape)
 
 
 def _in_features(shape: torch.Size) -> int:

@@ -1,0 +1,50 @@
+"""Scores kept across optimizer steps from each step's gradients: the shared shape of SnipMomentum, Gradient and
+Movement. Until a weight has seen a gradient it is scored by magnitude."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from lightning_sparsity.functional.criteria import all_finite, magnitude_scores
+from lightning_sparsity.prune_types.base import PruneType
+
+
+class AccumulatedScores(PruneType):
+    """Holds one float32 score tensor per weight, updated in place by :meth:`accumulate` before every step."""
+
+    reads_gradients = True
+
+    def __init__(self, *args: Any) -> None:
+        super().__init__(*args)
+        self.stored: dict[str, Tensor] = {}
+
+    def accumulate(self, stored: Tensor, weight: Tensor, grad: Tensor) -> None:
+        raise NotImplementedError
+
+    @torch.no_grad()
+    def before_optimizer_step(self, skip_non_finite: bool) -> None:
+        if skip_non_finite:
+            grads = [w.grad for w in self.weights.values() if w.grad is not None]
+            if grads and not all_finite(grads):
+                return  # an fp16 AMP overflow step, which GradScaler skips: its scores would stay inf or NaN for good
+        for name, weight in self.weights.items():
+            if weight.grad is None:
+                continue
+            stored = self.stored.get(name)
+            if stored is None:
+                stored = self.stored[name] = torch.zeros_like(weight, dtype=torch.float32)
+            self.accumulate(stored, weight, weight.grad)
+
+    def scores(self, name: str, weight: Tensor) -> Tensor:
+        stored = self.stored.get(name)
+        return magnitude_scores(weight).float() if stored is None else stored.clone()
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"scores": dict(self.stored)}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        self.stored = {name: scores.to(self.weights[name].device) for name, scores in state.get("scores", {}).items()}

@@ -1,0 +1,87 @@
+"""``Wanda``: ``|w|`` times the norm of the input feature it reads (Sun et al. 2023), from forward hooks in training."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from lightning_sparsity.functional.criteria import magnitude_scores, wanda_scores
+from lightning_sparsity.layers import input_features_of, is_conv1d
+from lightning_sparsity.prune_types.base import PruneType, check_setting, register_prune_type
+
+
+@register_prune_type
+class Wanda(PruneType):
+    """Scores ``|w_ij| * ||x_j||``: a weight matters as much as it is large and as its input feature is strong.
+
+    ``||x_j||`` is the root of a running mean (``decay``) of each input feature's mean square over the tokens of
+    every training batch, read by a forward hook on the weight's module; weights whose module has not run yet are
+    scored by magnitude. Linear, transformers' Conv1D and ungrouped convolutions (a channel's norm is shared by its
+    kernel positions).
+    """
+
+    name = "Wanda"
+
+    @dataclass(frozen=True)
+    class Settings:
+        decay: float = 0.99
+
+        def __post_init__(self) -> None:
+            check_setting("decay", self.decay, 0.0, 1.0)
+
+    def __init__(self, *args: Any) -> None:
+        super().__init__(*args)
+        self.input_norms: dict[str, Tensor] = {}  # running mean of x_j² per input feature, float32
+        self._handles: list[torch.utils.hooks.RemovableHandle] = []
+
+    def check_weight(self, name: str, weight: nn.Parameter) -> None:
+        module = self.modules.get(name)
+        if not (isinstance(module, (nn.Linear, nn.modules.conv._ConvNd)) or is_conv1d(module)):
+            raise ValueError(f"prune_type='Wanda' reads the inputs of Linear, Conv1D or Conv layers; {name!r} is none")
+        if isinstance(module, nn.modules.conv._ConvNd) and module.groups != 1:
+            raise ValueError(
+                f"prune_type='Wanda' does not score grouped convolutions ({name!r} has groups={module.groups}); "
+                "exclude it with Pruner.excluded_names"
+            )
+
+    def attach(self) -> None:
+        self.detach()
+        for name in self.weights:
+            self._handles.append(self.modules[name].register_forward_hook(self._observer(name)))
+
+    def detach(self) -> None:
+        for handle in self._handles:
+            handle.remove()
+        self._handles = []
+
+    def _observer(self, name: str):  # type: ignore[no-untyped-def]
+        module = self.modules[name]
+
+        @torch.no_grad()
+        def observe(_: nn.Module, inputs: tuple[Tensor, ...], output: Any) -> None:
+            if not module.training or not inputs:
+                return  # validation and prediction batches are not training statistics
+            squares = input_features_of(module, inputs[0].detach()).float().square().mean(dim=0)
+            norms = self.input_norms.get(name)
+            if norms is None:
+                self.input_norms[name] = squares
+            else:
+                norms.lerp_(squares, 1.0 - self.settings.decay)
+
+        return observe
+
+    def scores(self, name: str, weight: Tensor) -> Tensor:
+        norms = self.input_norms.get(name)
+        if norms is None:
+            return magnitude_scores(weight).float()
+        return wanda_scores(weight, norms.sqrt(), transposed=is_conv1d(self.modules[name]))
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"input_norms": dict(self.input_norms)}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        self.input_norms = {n: v.to(self.weights[n].device) for n, v in state.get("input_norms", {}).items()}
