@@ -1,21 +1,42 @@
-"""lightning-sparsity: pruning for PyTorch Lightning, exact, resumable and fast."""
+"""lightning-sparsity: pruning for PyTorch Lightning, exact, resumable and fast.
+
+``import lightning_sparsity`` loads the engine (``PruningCallback``, ``Pruner``, the prune types) without transformers;
+the classic facade (``NLPTrainer``) loads on first use.
+"""
+
+from typing import Any
 
 from lightning_sparsity.callback import PruningCallback
 from lightning_sparsity.config import PruningConfig
 from lightning_sparsity.metrics import Metric
+from lightning_sparsity.prune_types import PruneType, prune_types, register_prune_type
 from lightning_sparsity.pruner import Pruner
 from lightning_sparsity.report import LayerSparsity, SparsityReport
-from lightning_sparsity.trainer import NLPTrainer
 
 __version__ = "0.1.0"
+
+_LAZY = {"NLPTrainer": "lightning_sparsity.trainer"}
 
 __all__ = [
     "LayerSparsity",
     "Metric",
     "NLPTrainer",
+    "PruneType",
     "Pruner",
     "PruningCallback",
     "PruningConfig",
     "SparsityReport",
     "__version__",
+    "prune_types",
+    "register_prune_type",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        import importlib
+
+        value = getattr(importlib.import_module(_LAZY[name]), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'lightning_sparsity' has no attribute {name!r}")

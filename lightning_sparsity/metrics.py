@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Optional, Union
+from typing import TYPE_CHECKING, Any, Optional, Union
 
 import numpy as np
 from torch import Tensor
@@ -21,9 +21,11 @@ from torchmetrics.functional.classification import (
     multiclass_f1_score,
     multiclass_matthews_corrcoef,
 )
-from transformers import EvalPrediction
 
-ComputeMetrics = Callable[[EvalPrediction], dict[str, Any]]
+if TYPE_CHECKING:
+    from transformers import EvalPrediction
+
+ComputeMetrics = Callable[["EvalPrediction"], dict[str, Any]]
 
 #: Names that evaluation computes without a ``compute_metrics``: loss, classification and regression figures.
 BUILTIN_METRICS: tuple[str, ...] = (
@@ -163,6 +165,8 @@ def evaluation_results(
     results: dict[str, Any] = {"loss": loss}
     if labels is not None:
         if compute_metrics is not None:
+            from transformers import EvalPrediction  # here: importing the package leaves transformers out
+
             prediction = EvalPrediction(predictions=logits.float().numpy(), label_ids=labels.numpy())
             results.update(compute_metrics(prediction))
         else:

@@ -39,6 +39,8 @@ PRUNERS: dict[str, dict[str, Any]] = {
         update_frequency=3,
         parameters={"block_size": 8},
     ),
+    "Movement": dict(prune_type="Movement", target_sparsity_ratio=0.7, step_range=[2, 20], update_frequency=3),
+    "Wanda": dict(prune_type="Wanda", target_sparsity_ratio=0.5, pattern="2:4", step_range=[1, 15], update_frequency=4),
 }
 
 
