@@ -9,11 +9,10 @@ from pathlib import Path
 import pytest
 import torch
 from helpers import TinyBert, make_trainer, toy_loader
-from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import LightningCLI
 from torch import Tensor
 
-from lightning_sparsity import Pruner, PruningCallback, PruneType, register_prune_type
+from lightning_sparsity import Pruner, PruneType, PruningCallback, register_prune_type
 from lightning_sparsity.functional.criteria import movement_scores_, wanda_scores
 from lightning_sparsity.prune_types import check_setting, prune_type_class, prune_types
 from lightning_sparsity.sparsifier import Sparsifier
