@@ -4,7 +4,7 @@
 the classic facade (``NLPTrainer``) loads on first use.
 """
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from lightning_sparsity.callback import PruningCallback
 from lightning_sparsity.config import PruningConfig
@@ -12,6 +12,9 @@ from lightning_sparsity.metrics import Metric
 from lightning_sparsity.prune_types import PruneType, prune_types, register_prune_type
 from lightning_sparsity.pruner import Pruner
 from lightning_sparsity.report import LayerSparsity, SparsityReport
+
+if TYPE_CHECKING:
+    from lightning_sparsity.trainer import NLPTrainer
 
 __version__ = "0.1.0"
 
