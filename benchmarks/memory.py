@@ -53,7 +53,9 @@ def main() -> None:
     sparsifier = Sparsifier(pruner, weights)
     callback.sparsifiers = [sparsifier]
     sparsifier.update_masks(SPARSITY)
-    ours_memory = storage_bytes(list(sparsifier.masks.values()) + list(sparsifier.scores.values()))
+    ours_memory = storage_bytes(
+        list(sparsifier.masks.values()) + list(getattr(sparsifier.criterion, "stored", {}).values())
+    )
     ours_checkpoint = serialized_bytes(callback.state_dict())
 
     for layer in layers.values():

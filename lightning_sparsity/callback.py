@@ -110,6 +110,12 @@ class PruningCallback(Callback):
             self.sparsifiers = self._bind(pl_module)
             self._warn_if_epoch_ramp_outlasts(trainer)
             for index, sparsifier in enumerate(self.sparsifiers):
+                for name, reachable in sparsifier.unreachable_targets().items():
+                    rank_zero_warn(
+                        f"pruners[{index}] cannot prune {name!r} to {sparsifier.final_target:g} in whole units of "
+                        f"pattern={sparsifier.pruner.pattern!r}: it will reach {reachable:.4g}; pick a pattern whose "
+                        "units divide the weight more finely, or a target it can reach"
+                    )
                 rank_zero_info(
                     f"PruningCallback: pruner {index} ({sparsifier.pruner.prune_type}, target "
                     f"{sparsifier.final_target:.2%}) prunes {len(sparsifier.weights)} weights, "

@@ -21,9 +21,13 @@ def is_prunable(module: nn.Module) -> bool:
 
 
 def as_out_in(tensor: Tensor, module: nn.Module) -> Tensor:
-    """``tensor`` (a weight of ``module``, or its gradient, scores or mask) seen as ``out_features x in_features``:
-    a view, transposed for Conv1D."""
-    return tensor.t() if is_conv1d(module) else tensor
+    """``tensor`` (a weight of ``module``, or its gradient, scores or mask) with output features first: a view,
+    transposed for Conv1D (stored ``in x out``) and transposed convolutions (``in x out x kernel``)."""
+    if is_conv1d(module):
+        return tensor.t()
+    if isinstance(module, nn.modules.conv._ConvTransposeNd):
+        return tensor.transpose(0, 1)
+    return tensor
 
 
 def input_features_of(module: nn.Module, inputs: Tensor) -> Tensor:

@@ -71,6 +71,21 @@ class Sparsifier:
             return self.current_target
         return self.pruner.target_sparsity_ratio  # type: ignore[return-value]
 
+    def unreachable_targets(self, tolerance: float = 0.01) -> dict[str, float]:
+        """Weights whose units cannot realise the target within ``tolerance`` in local scope (e.g. ``1xchannel``
+        at 0.5 on 3 rows reaches 0.667), with the sparsity they will reach instead."""
+        if self.pattern.is_structured or self.pruner.scope == "global" or not self.criterion.follows_schedule:
+            return {}
+        target = min(self.pruner.target_sparsity_ratio, self.pruner.max_sparsity_ratio_per_layer)  # type: ignore[type-var]
+        reached = {}
+        for name, weight in self.weights.items():
+            rows, columns = self.pattern.unit_grid(self._out_in(name, weight).shape)
+            units = rows * columns if self.pruner.method == "per_tensor" else columns
+            reachable = round(target * units) / units
+            if abs(reachable - target) > tolerance:
+                reached[name] = reachable
+        return reached
+
     def lock_existing_zeros(self) -> None:
         """For a prune type without a ramp (PatternLock): the zeros the weights hold now become the masks, once."""
         if not self.masks:

@@ -171,3 +171,35 @@ def test_callback_state_of_format_2_still_loads(prune_type: str) -> None:
     kept = state["fisher"] if prune_type == "OBS" else state["scores"]
     held = sparsifier.criterion.fisher if prune_type == "OBS" else sparsifier.criterion.stored
     assert torch.equal(held[name], kept[name])
+
+
+def test_a_target_that_whole_units_cannot_reach_is_said_before_training() -> None:
+    class ThreeRows(pl.LightningModule):
+        def __init__(self) -> None:
+            super().__init__()
+            self.hidden, self.head = torch.nn.Linear(SEQ, 3), torch.nn.Linear(3, 2)
+
+        def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
+            return torch.nn.functional.cross_entropy(self.head(self.hidden(batch[0].float())), batch[1])
+
+        def configure_optimizers(self) -> torch.optim.Optimizer:
+            return torch.optim.SGD(self.parameters(), lr=0.1)
+
+    pruning = PruningCallback([Pruner(pattern="1xchannel", target_sparsity_ratio=0.5, step_range=[0, 0])])
+    with pytest.warns(UserWarning, match=r"cannot prune 'hidden\.weight' to 0\.5 .* it will reach 0\.6667"):
+        make_trainer(max_steps=1, callbacks=[pruning]).fit(ThreeRows(), toy_loader())
+    assert pruning.sparsity() == pytest.approx(2 / 3)
+
+
+def test_transposed_convolutions_rank_output_channels() -> None:
+    """A ConvTranspose weight is ``in x out x kernel``: per-channel pruning ranks within each output channel."""
+    layer = torch.nn.ConvTranspose2d(4, 6, kernel_size=2)
+    from lightning_sparsity.sparsifier import Sparsifier
+
+    sparsifier = Sparsifier(Pruner(method="per_channel", target_sparsity_ratio=0.5), {"weight": layer.weight},
+                            modules={"weight": layer})  # fmt: skip
+    sparsifier.update_masks(0.5)
+    mask = sparsifier.masks["weight"]
+    assert mask.shape == layer.weight.shape
+    per_output_channel = (~mask).transpose(0, 1).reshape(6, -1).sum(dim=1)
+    assert per_output_channel.tolist() == [8] * 6  # half of each output channel's 4 x 2 x 2 weights

@@ -79,9 +79,16 @@ class Pattern:
         """The ``out x in`` weight mask of a unit keep-mask from :meth:`unit_scores`'s layout."""
         raise NotImplementedError
 
+    def unit_grid(self, shape: torch.Size) -> tuple[int, int]:
+        """The ``rows x columns`` of units of a weight of ``shape``: the ratios a row of units can reach are multiples
+        of ``1 / columns``, those of the whole weight multiples of ``1 / (rows * columns)``."""
+        rows, columns = self.unit_scores(torch.zeros(shape[0], _in_features(shape))).shape
+        return rows, columns
+
     def units(self, shape: torch.Size) -> int:
-        """How many units a weight of ``shape`` has (``reachable`` ratios are multiples of ``1 / units``)."""
-        return int(self.unit_scores(torch.zeros(shape[0], _in_features(shape))).numel())
+        """How many units a weight of ``shape`` has."""
+        rows, columns = self.unit_grid(shape)
+        return rows * columns
 
 
 @dataclass(frozen=True)
@@ -110,9 +117,9 @@ class Blocks(Pattern):
     def expand(self, keep: Tensor, shape: torch.Size) -> Tensor:
         return expand_blocks(keep, *self.block_shape(shape)).reshape(shape)
 
-    def units(self, shape: torch.Size) -> int:
+    def unit_grid(self, shape: torch.Size) -> tuple[int, int]:
         rows, cols = self.block_shape(shape)
-        return (shape[0] // rows) * (_in_features(shape) // cols)
+        return shape[0] // rows, _in_features(shape) // cols
 
 
 @dataclass(frozen=True)
@@ -141,8 +148,8 @@ class NOfM(Pattern):
     def expand(self, keep: Tensor, shape: torch.Size) -> Tensor:
         return keep.reshape(shape)
 
-    def units(self, shape: torch.Size) -> int:
-        return shape[0] * _in_features(shape)
+    def unit_grid(self, shape: torch.Size) -> tuple[int, int]:
+        return shape[0], _in_features(shape)
 
 
 @dataclass(frozen=True)

@@ -42,6 +42,8 @@ class Wanda(PruneType):
         module = self.modules.get(name)
         if not (isinstance(module, (nn.Linear, nn.modules.conv._ConvNd)) or is_conv1d(module)):
             raise ValueError(f"prune_type='Wanda' reads the inputs of Linear, Conv1D or Conv layers; {name!r} is none")
+        if isinstance(module, nn.modules.conv._ConvTransposeNd):
+            raise ValueError(f"prune_type='Wanda' does not score transposed convolutions ({name!r}); exclude it")
         if isinstance(module, nn.modules.conv._ConvNd) and module.groups != 1:
             raise ValueError(
                 f"prune_type='Wanda' does not score grouped convolutions ({name!r} has groups={module.groups}); "
