@@ -189,12 +189,12 @@ def _gpu() -> str:
 
 
 def _export() -> str:
-    result = load("export")
-    if not result:
+    result, checkpoint = load("export"), load("export_checkpoint")
+    if not result and not checkpoint:
         return ""
     from benchmarks.bench_export import markdown  # imports the package: main environment only
 
-    return markdown(result) + "\n"
+    return markdown(result, checkpoint) + "\n"
 
 
 def _accuracy() -> str:
