@@ -1,9 +1,12 @@
-"""Compressed checkpoints that were damaged or edited after ``save_sparse`` wrote them: ``load_sparse`` refuses each
-with a ``ValueError`` naming the tensor and the field, instead of loading a wrong tensor or dropping one."""
+"""Damaged or edited files. Compressed checkpoints changed after ``save_sparse`` wrote them: ``load_sparse`` refuses
+each with a ``ValueError`` naming the tensor and the field, instead of loading a wrong tensor or dropping one.
+Lightning checkpoints that ``torch.load`` cannot read: ``check_checkpoint`` (run by the CLI) names the file."""
 
 from __future__ import annotations
 
+import io
 import json
+import re
 from collections.abc import Callable
 from pathlib import Path
 
@@ -14,7 +17,8 @@ from safetensors.torch import save_file
 from torch import nn
 from torch.nn.utils import prune
 
-from lightning_sparsity.export import load_sparse, save_sparse
+from lightning_sparsity.cli import check_checkpoint
+from lightning_sparsity.export import load_sparse, load_sparse_model, save_sparse
 from lightning_sparsity.export.sparse_io import FORMAT_V1, MASK_PREFIX, SIGNS_PREFIX, VALUES_PREFIX
 from lightning_sparsity.functional.bits import pack_bits
 
@@ -158,8 +162,9 @@ def test_a_file_that_is_not_safetensors_is_refused_naming_it(tmp_path: Path) -> 
     path.write_bytes(
         torch.randint(0, 256, (1000,), generator=torch.Generator().manual_seed(0)).byte().numpy().tobytes()
     )
-    with pytest.raises(ValueError, match=r"noise.safetensors is not a readable safetensors file"):
-        load_sparse(path)
+    for load in (load_sparse, load_sparse_model):
+        with pytest.raises(ValueError, match=r"noise.safetensors is not a readable safetensors file"):
+            load(path)
 
 
 def test_negative_zeros_cost_one_bit_each_and_load_bit_exact(tmp_path: Path) -> None:
@@ -184,3 +189,37 @@ def test_files_of_format_v1_without_checksums_still_load(tmp_path: Path) -> None
     loaded = load_sparse(tmp_path / "v1.safetensors")
     assert list(loaded) == ["bias", "w"]
     assert torch.equal(bits(loaded["w"]), bits(weight)) and torch.equal(loaded["bias"], state()["bias"])
+
+
+def checkpoint_bytes() -> bytes:
+    buffer = io.BytesIO()
+    torch.save({"state_dict": {"w": torch.ones(64)}, "epoch": 1}, buffer)
+    return buffer.getvalue()
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        (b"", r"is empty \(0 bytes\): it was not written, or not completely"),
+        (
+            checkpoint_bytes()[:-100],
+            r"\(\d+ bytes\) is cut short: it begins as torch.save's zip archive but has no end",
+        ),
+        (bytes(range(7, 256)) * 4, r"\(996 bytes\) is not a torch.save checkpoint: it begins with b'\\x07\\x08"),
+        (b"epoch: 3\n", r"\(9 bytes\) is not a torch.save checkpoint: it begins with b'epoc'"),
+    ],
+    ids=["empty", "cut short", "random bytes", "text"],
+)
+def test_unreadable_checkpoints_are_refused_naming_the_file(content: bytes, message: str, tmp_path: Path) -> None:
+    path = tmp_path / "run.ckpt"
+    path.write_bytes(content)
+    with pytest.raises(ValueError, match=rf"checkpoint {re.escape(str(path))} {message}"):
+        check_checkpoint(path)
+
+
+def test_readable_checkpoints_and_other_paths_are_left_to_lightning(tmp_path: Path) -> None:
+    (tmp_path / "run.ckpt").write_bytes(checkpoint_bytes())
+    torch.save({"epoch": 1}, tmp_path / "legacy.ckpt", _use_new_zipfile_serialization=False)
+    for path in (tmp_path / "run.ckpt", str(tmp_path / "legacy.ckpt"), tmp_path, tmp_path / "missing.ckpt", "last"):
+        check_checkpoint(path)
+    assert torch.load(tmp_path / "run.ckpt", weights_only=True)["epoch"] == 1

@@ -83,7 +83,7 @@ def load_sparse(path: Union[str, Path]) -> dict[str, Tensor]:
             metadata = _check_format(file.metadata(), path)
             parts = {key: file.get_tensor(key) for key in file.keys()}
     except SafetensorError as error:
-        raise ValueError(f"{path} is not a readable safetensors file: {error}") from error
+        raise _unreadable(path, error) from error
     shapes = _metadata_json(metadata, "sparse_shapes", path)
     checksums = _metadata_json(metadata, "checksums", path) if metadata["format"] == FORMAT else None
     state_dict = {}
@@ -102,8 +102,11 @@ def load_sparse(path: Union[str, Path]) -> dict[str, Tensor]:
 
 def load_sparse_model(path: Union[str, Path]) -> PreTrainedModel:
     """Rebuilds the transformers model (slimmed or not) saved by :func:`save_sparse`, in eval mode."""
-    with safe_open(str(path), framework="pt") as file:
-        metadata = _check_format(file.metadata(), path)
+    try:
+        with safe_open(str(path), framework="pt") as file:
+            metadata = _check_format(file.metadata(), path)
+    except SafetensorError as error:
+        raise _unreadable(path, error) from error
     if "config" not in metadata:
         raise ValueError(f"{path} holds a plain state dict; load it with load_sparse and load_state_dict")
     config_dict = json.loads(metadata["config"])
@@ -219,6 +222,10 @@ def _metadata_json(metadata: dict[str, str], field: str, path: Union[str, Path])
     if not isinstance(value, dict):
         raise ValueError(f"{path}: metadata field {field!r} must be a JSON object, got {type(value).__name__}")
     return value
+
+
+def _unreadable(path: Union[str, Path], error: SafetensorError) -> ValueError:
+    return ValueError(f"{path} is not a readable safetensors file: {error}")
 
 
 def _check_format(metadata: Union[dict[str, str], None], path: Union[str, Path]) -> dict[str, str]:
