@@ -23,7 +23,7 @@ _UNION_NOISE = "Does not validate against any of the Union subtypes"
 _PROBLEM = re.compile(r"Problem with given class_path '([\w.]+)':")
 _PARSER_KEY = re.compile(r'Parser key "([^"]+)":\s*(.*)', re.DOTALL)
 #: How ``torch.save`` files begin: a zip archive (the default since torch 1.6) or the legacy pickle format.
-_LEGACY_TORCH_HEADER = b"\x80\x02\x8a\x0a"
+_ZIP_HEADER, _LEGACY_TORCH_HEADER = b"PK\x03\x04", b"\x80\x02\x8a\x0a"
 
 
 def field_message(error: BaseException) -> Optional[str]:
@@ -66,12 +66,12 @@ def check_checkpoint(path: Union[str, Path, None]) -> None:
         raise ValueError(f"checkpoint {path} is empty (0 bytes): it was not written, or not completely")
     with Path(path).open("rb") as file:
         head = file.read(len(_LEGACY_TORCH_HEADER))
-    if head.startswith(b"PK\x03\x04") and not zipfile.is_zipfile(path):
+    if head == _ZIP_HEADER and not zipfile.is_zipfile(path):
         raise ValueError(
             f"checkpoint {path} ({size} bytes) is cut short: it begins as torch.save's zip archive but has no end "
             "(central directory); it was not written completely or not copied whole"
         )
-    if not head.startswith(b"PK\x03\x04") and head != _LEGACY_TORCH_HEADER:
+    if head not in (_ZIP_HEADER, _LEGACY_TORCH_HEADER):
         raise ValueError(
             f"checkpoint {path} ({size} bytes) is not a torch.save checkpoint: it begins with {head!r}, neither "
             "a zip archive nor torch's legacy pickle format"
