@@ -56,7 +56,7 @@ def save_sparse(model_or_state_dict: Union[nn.Module, Mapping[str, Tensor]], pat
         tensor = tensor.detach().cpu().contiguous()
         checksums[name] = checksum(tensor)
         split = _split(tensor)
-        if split is not None and sum(part.nbytes for part in split.values()) < tensor.nbytes:
+        if split is not None:
             for prefix, part in split.items():
                 tensors[prefix + name] = part
             shapes[name] = list(tensor.shape)
@@ -117,22 +117,27 @@ def load_sparse_model(path: Union[str, Path]) -> PreTrainedModel:
 def checksum(tensor: Tensor) -> str:
     """``sha256:<hex>`` of a tensor's dtype, shape and bytes: equal only for bit-identical tensors."""
     digest = hashlib.sha256(f"{tensor.dtype}{list(tensor.shape)}".encode())
-    digest.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+    digest.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy())
     return "sha256:" + digest.hexdigest()
 
 
 def _split(tensor: Tensor) -> Union[dict[str, Tensor], None]:
     """The mask, values and (when some zero is negative) zero-sign parts of a floating-point tensor; None for
-    tensors stored densely."""
+    tensors stored densely (not floating point, or no smaller in parts)."""
     if not tensor.is_floating_point() or tensor.element_size() not in _BIT_VIEWS or tensor.numel() == 0:
         return None
     bits = tensor.reshape(-1).view(_SIGNED_VIEWS[tensor.element_size()])
     sign_bit = torch.iinfo(bits.dtype).min  # the bits of -0.0: the sign bit alone
     nonzero = bits.bitwise_and(~sign_bit) != 0
-    parts = {MASK_PREFIX: pack_bits(nonzero), VALUES_PREFIX: tensor.reshape(-1)[nonzero]}
-    negative_zeros = bits[~nonzero] == sign_bit
-    if bool(negative_zeros.any()):
-        parts[SIGNS_PREFIX] = pack_bits(negative_zeros)
+    negative_zero = bits == sign_bit
+    kept = int(nonzero.count_nonzero())
+    zeros, signed = tensor.numel() - kept, bool(negative_zero.any())
+    stored = (tensor.numel() + 7) // 8 + kept * tensor.element_size() + (zeros + 7) // 8 * signed
+    if stored >= tensor.nbytes:
+        return None
+    parts = {MASK_PREFIX: pack_bits(nonzero), VALUES_PREFIX: tensor.reshape(-1).masked_select(nonzero)}
+    if signed:
+        parts[SIGNS_PREFIX] = pack_bits(negative_zero.masked_select(~nonzero))
     return parts
 
 
@@ -148,18 +153,17 @@ def _join(parts: dict[str, Tensor], name: str, shape: Any, where: str) -> Tensor
         )
     numel = torch.Size(shape).numel()
     nonzero = _bits(parts[MASK_PREFIX + name], numel, f"{where}: {MASK_PREFIX}{name}", f"shape {shape}")
-    kept = int(nonzero.sum())
+    kept = int(nonzero.count_nonzero())
     if kept != values.numel():
         raise ValueError(
             f"{where}: {MASK_PREFIX}{name} marks {kept} non-zero weights but {VALUES_PREFIX}{name} holds "
             f"{values.numel()} values"
         )
     bits = torch.zeros(numel, dtype=_SIGNED_VIEWS[values.element_size()])
-    bits[nonzero] = values.view(bits.dtype)
+    bits.masked_scatter_(nonzero, values.view(bits.dtype))
     if SIGNS_PREFIX + name in parts:
         signs = _bits(parts[SIGNS_PREFIX + name], numel - kept, f"{where}: {SIGNS_PREFIX}{name}", "its zeros")
-        zeros = (~nonzero).nonzero().squeeze(1)
-        bits[zeros[signs]] = torch.iinfo(bits.dtype).min
+        bits.masked_scatter_(~nonzero, signs.to(bits.dtype) * torch.iinfo(bits.dtype).min)
     return bits.view(values.dtype).reshape(shape)
 
 
