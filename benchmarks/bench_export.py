@@ -1,8 +1,11 @@
 """What export buys: compressed checkpoint size, and CPU inference speed of a slimmed model.
 
 1. Checkpoint: a MiniLM-sized BertModel (random init) with every encoder Linear weight magnitude-pruned to
-   90%, written by ``save_sparse``; the encoder Linear weights' stored bytes (bitmask + values) are
-   compared with their dense bytes, and the file is loaded back and compared bit for bit.
+   90%, written by ``save_sparse`` twice: with the pruned weights as ``+0.0`` (as PruningCallback writes them)
+   and as ``weight * mask`` leaves them (``-0.0`` for negative weights, as ``torch.nn.utils.prune`` does); the
+   encoder Linear weights' stored bytes (bitmasks + values) are compared with their dense bytes, the file with
+   the dense safetensors file, and the file is loaded back and compared bit for bit
+   (``benchmarks/results/export_checkpoint.json``; ``--checkpoint-only`` measures this part alone).
 2. Inference: the same-sized BertModel with half the heads and 75% of the FFN neurons of every layer pruned
    (``head``/``channel`` masks from magnitudes), timed dense and after ``slim()``, batch 32 x 128 tokens,
    ``torch.inference_mode``; the two run interleaved, round after round, and the speed-up is the median of
@@ -12,7 +15,7 @@
    (dense steps), then pruned with the same ``head``/``channel`` targets by SnipMomentum (ramp + recovery
    steps) and slimmed; test accuracy of both, and the time of one pass over the test set, dense vs slim.
 
-    python -m benchmarks.bench_export [--rounds 7] [--batch 32] [--seq 128] [--sst2]
+    python -m benchmarks.bench_export [--rounds 7] [--batch 32] [--seq 128] [--sst2] [--checkpoint-only]
 """
 
 from __future__ import annotations
@@ -25,17 +28,21 @@ from pathlib import Path
 
 import torch
 from safetensors import safe_open
+from safetensors.torch import save_file
 from transformers import BertModel
 
-from benchmarks.common import bert_config, interleaved, median, save, set_threads, table, timed
+from benchmarks.common import bert_config, interleaved, load, median, save, set_threads, table, timed
 from lightning_sparsity.export import load_sparse, save_sparse, slim
-from lightning_sparsity.export.sparse_io import MASK_PREFIX, VALUES_PREFIX
 from lightning_sparsity.functional import magnitude_scores, pattern_masks
 from lightning_sparsity.functional.patterns import Blocks
 from lightning_sparsity.layers import prunable_weights
 from lightning_sparsity.structure import structured_masks, transformer_layers
 
 SPARSITY = 0.9
+CHECKPOINT_SETUP = (
+    "MiniLM-sized BertModel (hidden 384, 6 layers, 12 heads, FFN 1536), random init, every encoder Linear weight "
+    f"magnitude-pruned to {SPARSITY:.0%}"
+)
 HEADS_PRUNED, NEURONS_PRUNED = 0.5, 0.75
 
 
@@ -44,39 +51,51 @@ def encoder_linear_weights(model: torch.nn.Module) -> dict[str, torch.nn.Paramet
 
 
 @torch.no_grad()
-def checkpoint_figures() -> dict[str, float]:
+def checkpoint_figures() -> dict[str, dict[str, object]]:
+    """Stored bytes and file sizes at 90% sparsity, with the pruned weights written as ``+0.0`` (as PruningCallback
+    does) and as ``weight * mask`` leaves them (``-0.0`` for negative weights, as torch.nn.utils.prune does)."""
     torch.manual_seed(0)
     model = BertModel(bert_config("minilm"))
     weights = encoder_linear_weights(model)
     masks = pattern_masks([magnitude_scores(w) for w in weights.values()], SPARSITY, Blocks())
-    for weight, mask in zip(weights.values(), masks, strict=True):
-        weight.masked_fill_(~mask, 0.0)  # as PruningCallback does: +0.0
+    dense_weights = {name: weight.clone() for name, weight in weights.items()}
+    figures = {}
+    for zeros in ("+0.0", "-0.0"):
+        for (name, weight), mask in zip(weights.items(), masks, strict=True):
+            if zeros == "+0.0":
+                weight.copy_(dense_weights[name].masked_fill(~mask, 0.0))
+            else:
+                weight.copy_(dense_weights[name] * mask)
+        figures[zeros] = _checkpoint_figures(model, weights)
+    return figures
+
+
+def _checkpoint_figures(model: BertModel, weights: dict[str, torch.nn.Parameter]) -> dict[str, object]:
     with tempfile.TemporaryDirectory() as folder:
         path = Path(folder) / "model.safetensors"
         save_sparse(model, path)
         with safe_open(str(path), framework="pt") as file:
-            stored = sum(
-                file.get_tensor(prefix + name).nbytes for name in weights for prefix in (MASK_PREFIX, VALUES_PREFIX)
-            )
+            stored = sum(file.get_tensor(key).nbytes for key in file.keys() if key.split("/", 1)[-1] in weights)
         loaded = load_sparse(path)
         file_bytes = path.stat().st_size
+        save_file(model.state_dict(), str(Path(folder) / "dense.safetensors"))
+        dense_file_bytes = (Path(folder) / "dense.safetensors").stat().st_size
     state = model.state_dict()
-    exact = (
-        set(loaded) == set(state)
-        and all(
-            torch.equal(loaded[name].view(torch.int32), tensor.view(torch.int32))
-            for name, tensor in state.items()
-            if tensor.dtype == torch.float32
-        )
-        and all(torch.equal(loaded[name], tensor) for name, tensor in state.items())
+    exact = list(loaded) == list(state) and all(
+        torch.equal(loaded[name].view(torch.int32), tensor.view(torch.int32))
+        if tensor.dtype == torch.float32
+        else torch.equal(loaded[name], tensor)
+        for name, tensor in state.items()
     )
     dense = sum(w.nbytes for w in weights.values())
     return {
+        "negative_zeros": sum(int(torch.signbit(w[w == 0]).sum()) for w in weights.values()),
         "encoder_linear_dense_bytes": dense,
         "encoder_linear_stored_bytes": stored,
         "encoder_linear_fraction": stored / dense,
         "file_bytes": file_bytes,
-        "dense_model_bytes": sum(t.nbytes for t in state.values()),
+        "dense_file_bytes": dense_file_bytes,
+        "file_fraction": file_bytes / dense_file_bytes,
         "bit_exact": exact,
     }
 
@@ -196,33 +215,62 @@ def main() -> None:
     parser.add_argument("--sst2-steps", type=int, nargs=3, default=[200, 300, 200], help="dense, ramp, recovery")
     parser.add_argument("--sst2-rounds", type=int, default=3, help="interleaved timing rounds of the test-set pass")
     parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads")
+    parser.add_argument("--checkpoint-only", action="store_true", help="only the compressed checkpoint figures")
     args = parser.parse_args()
     set_threads(args.threads)
 
-    checkpoint = checkpoint_figures()
+    save("export_checkpoint", {"setup": CHECKPOINT_SETUP, "checkpoint": checkpoint_figures()})
+    if args.checkpoint_only:
+        return
     inference = inference_figures(args.rounds, args.batch, args.seq)
     setup = (
-        f"MiniLM-sized BertModel (hidden 384, 6 layers, 12 heads, FFN 1536), random init; checkpoint at {SPARSITY:.0%} "
-        f"sparsity; inference with {HEADS_PRUNED:.0%} of heads and {NEURONS_PRUNED:.0%} of FFN neurons removed, "
-        f"batch {args.batch} x {args.seq} tokens, {args.threads} torch thread(s)"
+        f"MiniLM-sized BertModel (hidden 384, 6 layers, 12 heads, FFN 1536), random init; inference with "
+        f"{HEADS_PRUNED:.0%} of heads and {NEURONS_PRUNED:.0%} of FFN neurons removed, batch {args.batch} x "
+        f"{args.seq} tokens, {args.threads} torch thread(s)"
     )
-    result = {"setup": setup, "rounds": args.rounds, "checkpoint": checkpoint, "inference": inference}
+    result = {"setup": setup, "rounds": args.rounds, "inference": inference}
     if args.sst2:
         result["sst2"] = sst2_figures(args.sst2_rounds, *args.sst2_steps)
     save("export", result)
-    print(markdown(result))
+    print(markdown(result, load("export_checkpoint")))
 
 
-def markdown(result: dict) -> str:
-    """The export section of docs/benchmarks.md from ``benchmarks/results/export.json``."""
-    checkpoint, inference = result["checkpoint"], result["inference"]
+def markdown(result: dict | None, checkpoint: dict | None) -> str:
+    """The export section of docs/benchmarks.md from ``benchmarks/results/export.json`` (inference) and
+    ``export_checkpoint.json`` (compressed checkpoints)."""
+    parts = ["## Export: compressed checkpoints and slimmed models"]
+    if checkpoint:
+        parts += ["", _checkpoint_markdown(checkpoint)]
+    if result:
+        parts += ["", _inference_markdown(result)]
+    return "\n".join(parts)
+
+
+def _checkpoint_markdown(result: dict) -> str:
+    plus, minus = result["checkpoint"]["+0.0"], result["checkpoint"]["-0.0"]
     rows = [
+        ["encoder Linear weights, stored / dense bytes, +0.0 zeros", plus["encoder_linear_fraction"], "<= 0.15"],
+        ["encoder Linear weights, stored / dense bytes, -0.0 zeros", minus["encoder_linear_fraction"], ""],
+        ["whole file / dense safetensors file, +0.0 zeros", plus["file_fraction"], ""],
+        ["whole file / dense safetensors file, -0.0 zeros", minus["file_fraction"], "about 0.60"],
+        ["loads bit-exact, +0.0 / -0.0 zeros", f"{plus['bit_exact']} / {minus['bit_exact']}", "True / True"],
+    ]
+    return "\n".join(
         [
-            "encoder Linear weights at 90% sparsity, stored / dense bytes",
-            checkpoint["encoder_linear_fraction"],
-            "<= 0.15",
-        ],
-        ["compressed checkpoint loads bit-exact", checkpoint["bit_exact"], "True"],
+            f"`python -m benchmarks.bench_export --checkpoint-only` ({result['setup']}; measured "
+            f"{result['machine']['date']}). *+0.0 zeros*: pruned weights written as PruningCallback writes them; "
+            f"*-0.0 zeros*: as `weight * mask` leaves them (`torch.nn.utils.prune`, Lightning's `ModelPruning`), "
+            f"{minus['negative_zeros']:,} of the pruned weights negative zeros. A zero of either sign costs one mask "
+            "bit, and a negative one also a sign bit in the bitmask of the zeros' signs.",
+            "",
+            table(["figure", "measured", "goal"], rows),
+        ]
+    )
+
+
+def _inference_markdown(result: dict) -> str:
+    inference = result["inference"]
+    rows = [
         ["inference, dense (CPU s)", inference["dense_cpu_s"], ""],
         ["inference, slimmed (CPU s)", inference["slim_cpu_s"], ""],
         [
@@ -248,10 +296,8 @@ def markdown(result: dict) -> str:
         ]
     return "\n".join(
         [
-            "## Export: compressed checkpoints and slimmed models",
-            "",
             f"`python -m benchmarks.bench_export{' --sst2' * ('sst2' in result)}` ({result['setup']}; "
-            f"{result['rounds']} interleaved rounds).",
+            f"{result['rounds']} interleaved rounds; measured {result['machine']['date']}).",
             "",
             table(["figure", "measured", "goal"], rows),
             *([_sst2_note(result["sst2"])] if "sst2" in result else []),

@@ -15,7 +15,7 @@ from lightning.pytorch.cli import LightningCLI
 from transformers import AutoModelForSequenceClassification
 
 from lightning_sparsity import Pruner, PruningCallback
-from lightning_sparsity.cli import main
+from lightning_sparsity.cli import field_message, main
 from lightning_sparsity.layers import name_matches, select_weights
 from lightning_sparsity.sparsifier import Sparsifier
 from lightning_sparsity.text import TextClassificationDataModule, TextClassificationModule, resolve_model_path
@@ -104,25 +104,56 @@ def test_print_config_round_trips(config: Path, tmp_path: Path, capsys: pytest.C
 @pytest.mark.parametrize(
     ("line", "bad", "message"),
     [
-        ("target_sparsity_ratio: 0.75", "target_sparsity_ratio: 1.5", r"Pruner.target_sparsity_ratio must be"),
+        (
+            "target_sparsity_ratio: 0.75",
+            "target_sparsity_ratio: 1.5",
+            r"Pruner\.target_sparsity_ratio must be a number in \[0, 1\), got 1\.5",
+        ),
         (
             "prune_type: BasicMagnitude",
             "prune_type: Magnitude",
-            r"prune_type='Magnitude' is not valid; allowed values: 'BasicMagnitude'",
+            r"Pruner\.prune_type='Magnitude' is not valid; allowed values: 'BasicMagnitude'",
         ),
-        ("epoch_range: [0, 1]", "epoch_range: [2, 1]", r"Pruner.epoch_range must be \[start, end\]"),
+        ("epoch_range: [0, 1]", "epoch_range: [2, 1]", r"Pruner\.epoch_range must be \[start, end\] with integers"),
+        ("target_sparsity_ratio: 0.75", "target_sparsity: 0.75", r"Pruner: Option 'target_sparsity' is not accepted"),
+        (
+            "target_sparsity_ratio: 0.75",
+            "target_sparsity_ratio: high",
+            r"Pruner\.target_sparsity_ratio: .*Expected a <class 'float'>",
+        ),
+        (
+            "        pruners:\n",
+            "        pruners: []\n        unused:\n",
+            r"PruningCallback: Option 'unused' is not accepted",
+        ),
     ],
+    ids=["out of range", "unknown prune type", "reversed range", "unknown key", "not a number", "unknown callback key"],
 )
-def test_bad_pruner_values_fail_before_training_naming_the_field(
+def test_bad_pruner_values_fail_before_training_with_the_fields_message_first(
     config: Path, tmp_path: Path, capsys: pytest.CaptureFixture, line: str, bad: str, message: str
 ) -> None:
     path = tmp_path / "bad.yaml"
     path.write_text(config.read_text().replace(line, bad))
-    with pytest.raises((ValueError, SystemExit)) as error:
+    with pytest.raises(SystemExit) as error:
         main(["fit", "--config", str(path), f"--trainer.default_root_dir={tmp_path}"])
-    output = str(error.value) + capsys.readouterr().err
-    assert re.search(message, output), output[-3000:]
+    assert error.value.code == 2
+    report = capsys.readouterr().err.split("\nerror: ", 1)[1]
+    first_line, rest = report.split("\n", 1)
+    assert re.match(message, first_line), report[:3000]
+    assert "Union subtypes" in rest, "the parser's full report follows the field's message"
     assert not list(tmp_path.rglob("*.ckpt"))
+
+
+def test_field_message_leaves_short_errors_alone() -> None:
+    assert field_message(ValueError("Parser key \"model.learning_rate\": Expected a <class 'float'>")) is None
+
+
+def test_an_unreadable_checkpoint_is_refused_naming_the_file(config: Path, tmp_path: Path) -> None:
+    empty = tmp_path / "empty.ckpt"
+    empty.touch()
+    with pytest.raises(ValueError, match=rf"checkpoint {re.escape(str(empty))} is empty \(0 bytes\)"):
+        main(["fit", "--config", str(config), f"--trainer.default_root_dir={tmp_path}", f"--ckpt_path={empty}"])
+    assert list(tmp_path.rglob("*.ckpt")) == [empty], "nothing ran: no checkpoint was written"
 
 
 def test_the_same_yaml_works_from_a_users_own_lightning_cli(config: Path, tmp_path: Path) -> None:
