@@ -63,7 +63,13 @@ FULL_FINALISTS = 3  # half the grid goes on to more seeds
 FULL_FINAL_SEEDS = 5  # the chosen rate's figures: 6 rates x 1 seed, then 3 x 3, then 1 x 5
 RUNS = RESULTS / "accuracy_runs"  # each finished run of --full, one JSON file (not versioned): the study resumes
 VAL_MIN_WORDS = 10  # validation sentences of 10+ words: 2,543 of 6,735; the test set's median is 19 words
-OURS = {"magnitude": "BasicMagnitude", "SnipMomentum": "SnipMomentum", "OBS": "OBS"}
+OURS = {
+    "magnitude": "BasicMagnitude",
+    "SnipMomentum": "SnipMomentum",
+    "OBS": "OBS",
+    "Movement": "Movement",
+    "Wanda": "Wanda",
+}
 INC_PYTHON = Path(os.environ.get("INC_VENV", "/work/inc-venv")) / "bin" / "python"
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any, ClassVar, Optional
 
 from torch import Tensor, nn
@@ -89,6 +89,22 @@ class PruneType:
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         """Restores :meth:`state_dict`; checkpoints of state format 2 hand over their ``scores`` and ``fisher``."""
+
+    def loaded_tensors(
+        self, state: Mapping[str, Any], key: str, shape_of: Callable[[str], tuple[int, ...]]
+    ) -> dict[str, Tensor]:
+        """``state[key]``, tensors by weight name, checked against ``shape_of(name)`` and moved to their weights'
+        devices (for :meth:`load_state_dict`)."""
+        loaded = {}
+        for name, tensor in state.get(key, {}).items():
+            expected = tuple(shape_of(name))
+            if tuple(tensor.shape) != expected:
+                raise ValueError(
+                    f"the checkpoint's pruning {key} for weight {name!r} have shape {tuple(tensor.shape)}; expected "
+                    f"{expected}: the checkpoint is damaged or was written with another pruning configuration"
+                )
+            loaded[name] = tensor.to(self.weights[name].device)
+        return loaded
 
     @classmethod
     def make_settings(cls, parameters: Optional[Mapping[str, Any]]) -> Any:

@@ -47,4 +47,4 @@ class AccumulatedScores(PruneType):
         return {"scores": dict(self.stored)}
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        self.stored = {name: scores.to(self.weights[name].device) for name, scores in state.get("scores", {}).items()}
+        self.stored = self.loaded_tensors(state, "scores", lambda name: tuple(self.weights[name].shape))

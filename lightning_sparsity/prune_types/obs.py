@@ -100,5 +100,8 @@ class OBS(PruneType):
         return {"fisher": dict(self.fisher), "done": self.done}
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        self.fisher = {name: fisher.to(self.weights[name].device) for name, fisher in state.get("fisher", {}).items()}
+        size = int(self.settings.block_size)
+        self.fisher = self.loaded_tensors(
+            state, "fisher", lambda name: (self.weights[name].numel() // size, size, size)
+        )
         self.done = bool(state.get("done", False))

@@ -86,4 +86,9 @@ class Wanda(PruneType):
         return {"input_norms": dict(self.input_norms)}
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        self.input_norms = {n: v.to(self.weights[n].device) for n, v in state.get("input_norms", {}).items()}
+        self.input_norms = self.loaded_tensors(state, "input_norms", self._features)
+
+    def _features(self, name: str) -> tuple[int]:
+        """The shape of a weight's input norms: one per input feature (per input channel of a convolution)."""
+        weight = self.weights[name]
+        return (weight.shape[0],) if is_conv1d(self.modules[name]) else (weight.shape[1],)
