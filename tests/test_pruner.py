@@ -1,6 +1,9 @@
 """``Pruner`` validates every field on construction, naming the field and what it allows."""
 
+import dataclasses
+
 import pytest
+import torch
 
 from lightning_sparsity import Pruner, PruningCallback
 
@@ -51,3 +54,42 @@ def test_callback_rejects_what_is_not_a_pruner():
         PruningCallback(pruners=[{"target_sparsity_ratio": 0.5}])
     with pytest.raises(ValueError, match="pruners is empty"):
         PruningCallback(pruners=[])
+
+
+def test_numbers_of_any_numeric_type_are_accepted() -> None:
+    import numpy as np
+
+    pruner = Pruner(target_sparsity_ratio=np.float32(0.5), initial_sparsity_ratio=torch.tensor(0.25),
+                    step_range=[np.int64(1), torch.tensor(4)], update_frequency=np.int32(2),
+                    parameters={"momentum": np.float32(0.5)}, prune_type="SnipMomentum")  # fmt: skip
+    assert (pruner.target_sparsity_ratio, pruner.initial_sparsity_ratio) == (0.5, 0.25)
+    assert pruner.step_range == [1, 4] and pruner.update_frequency == 2 and pruner.settings.momentum == 0.5
+    assert all(
+        type(v) in (int, float) for v in (pruner.target_sparsity_ratio, pruner.update_frequency, *pruner.step_range)
+    )
+    with pytest.raises(ValueError, match="target_sparsity_ratio must be a number"):
+        Pruner(target_sparsity_ratio=torch.tensor([0.5, 0.5]))
+    with pytest.raises(ValueError, match="target_sparsity_ratio must be a number"):
+        Pruner(target_sparsity_ratio=np.bool_(True))
+
+
+def test_a_pruner_cannot_be_changed_once_built() -> None:
+    pruner = Pruner(target_sparsity_ratio=0.5)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        pruner.target_sparsity_ratio = 1.5  # type: ignore[misc]
+    assert dataclasses.replace(pruner, target_sparsity_ratio=0.7).target_sparsity_ratio == 0.7
+    with pytest.raises(ValueError, match="target_sparsity_ratio must be a number in"):
+        dataclasses.replace(pruner, target_sparsity_ratio=1.5)  # a changed copy is validated again
+
+
+def test_fields_left_none_are_named_for_a_config_to_fill_in() -> None:
+    assert Pruner().inherited_fields == {"target_sparsity_ratio", "initial_sparsity_ratio", "epoch_range"}
+    assert Pruner().target_sparsity_ratio == 0.97 and Pruner().epoch_range == [0, 4]
+    assert Pruner(target_sparsity_ratio=0.5).inherited_fields == {"initial_sparsity_ratio", "epoch_range"}
+
+
+def test_one_pruner_or_a_list() -> None:
+    pruner = Pruner(target_sparsity_ratio=0.5)
+    assert PruningCallback(pruner).pruners == [pruner]
+    with pytest.raises(ValueError, match="PruningCallback.pruners must be a Pruner or a list of Pruner, got str"):
+        PruningCallback("BasicMagnitude")  # type: ignore[arg-type]
