@@ -244,7 +244,10 @@ data:
 """
     )
     cli = LightningCLI(
-        TextClassificationModule, TextClassificationDataModule, args=["--config", str(config)], run=False
+        TextClassificationModule,
+        TextClassificationDataModule,
+        args=["--config", str(config), f"--trainer.default_root_dir={tmp_path}"],
+        run=False,
     )
     distillation = cli.model.distillation
     assert (distillation.temperature, distillation.loss_types, distillation.loss_weights) == (
