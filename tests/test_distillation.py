@@ -42,9 +42,9 @@ def bert(seed: int, **config: Any) -> BertForSequenceClassification:
 class Student(pl.LightningModule):
     """A tiny BERT trained on ``distillation``'s loss against a teacher."""
 
-    def __init__(self, teacher: Any, lr: float = 1e-2, **settings: Any) -> None:
+    def __init__(self, teacher: Any, lr: float = 1e-2, dropout: bool = True, **settings: Any) -> None:
         super().__init__()
-        self.model = bert(1)
+        self.model = bert(1) if dropout else bert(1, **NO_DROPOUT)
         self.distillation = KnowledgeDistillation(teacher, **settings).attach(self.model)
         self.lr = lr
 
@@ -107,6 +107,24 @@ def test_teacher_gets_no_gradients_no_optimizer_state_and_stays_in_eval() -> Non
     assert len(optimizer.state) == len(list(module.model.parameters()))
     assert not any(name.startswith("distillation") for name in module.state_dict())
     assert any(not torch.equal(p, bert(1).state_dict()[n]) for n, p in module.model.state_dict().items())
+
+
+def test_resuming_reloads_the_teacher_from_its_path_and_trains_bit_exactly(tmp_path: Path) -> None:
+    bert(0).save_pretrained(tmp_path / "teacher")
+
+    def student() -> Student:
+        return Student(str(tmp_path / "teacher"), dropout=False, temperature=2.0)
+
+    straight = student()
+    make_trainer(max_epochs=2).fit(straight, toy_loader())
+    first = student()
+    checkpoint = ModelCheckpoint(dirpath=tmp_path, save_last=True)
+    make_trainer(max_epochs=1, callbacks=[checkpoint], enable_checkpointing=True).fit(first, toy_loader())
+    saved = torch.load(tmp_path / "last.ckpt", weights_only=True)
+    assert {key.split(".")[0] for key in saved["state_dict"]} == {"model"}
+    resumed = student()
+    make_trainer(max_epochs=2).fit(resumed, toy_loader(), ckpt_path=tmp_path / "last.ckpt")
+    assert all(torch.equal(t, resumed.model.state_dict()[n]) for n, t in straight.model.state_dict().items())
 
 
 def test_the_teacher_runs_in_the_students_dtype() -> None:
