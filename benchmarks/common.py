@@ -243,8 +243,16 @@ def encoder_sparsity(module: pl.LightningModule) -> float:
     return sum(int((w == 0).sum()) for w in weights) / sum(w.numel() for w in weights)
 
 
-def run_sst2(settings: dict[str, Any], make_callbacks: Callable[[SST2Classifier], list]) -> dict[str, Any]:
+def run_sst2(
+    settings: dict[str, Any],
+    make_callbacks: Callable[[SST2Classifier], list],
+    make_module: Callable[..., SST2Classifier] = SST2Classifier,
+    export_dir: Path | None = None,
+) -> dict[str, Any]:
     """Fine-tunes the MiniLM on the SST-2 subset with ``make_callbacks(module)``; accuracies and costs.
+
+    ``make_module(model_dir, lr, total_steps, seed)`` builds the module (an ``SST2Classifier``); with ``export_dir``
+    the fine-tuned model is written there (``save_pretrained``) before it is evaluated.
 
     ``settings``: model_dir, train_size, val_size, val_min_words, test_size, seq_len, batch_size, chunks, lr, seed,
     threads; the run is one pass over ``train_size`` examples cut into ``chunks`` epochs. ``seed`` picks the training
@@ -262,7 +270,7 @@ def run_sst2(settings: dict[str, Any], make_callbacks: Callable[[SST2Classifier]
         raise ValueError(f"train_size={len(train)} must be a multiple of chunks * batch_size = {chunks * batch_size}")
     loader = torch.utils.data.DataLoader(train, batch_size=batch_size, sampler=ChunkSampler(len(train), chunks))
     total_steps = len(train) // batch_size
-    module = SST2Classifier(model_dir, settings["lr"], total_steps, seed)
+    module = make_module(model_dir, settings["lr"], total_steps, seed)
     trainer = pl.Trainer(
         accelerator="cpu",
         max_epochs=chunks,
@@ -274,6 +282,8 @@ def run_sst2(settings: dict[str, Any], make_callbacks: Callable[[SST2Classifier]
         callbacks=make_callbacks(module),
     )
     seconds = timed(lambda: trainer.fit(module, loader))
+    if export_dir is not None:
+        module.model.save_pretrained(export_dir)
     return {
         "lr": settings["lr"],
         "seed": seed,

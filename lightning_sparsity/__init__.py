@@ -8,6 +8,8 @@ from typing import TYPE_CHECKING, Any
 
 from lightning_sparsity.callback import PruningCallback
 from lightning_sparsity.config import PruningConfig
+from lightning_sparsity.distillation import KnowledgeDistillation
+from lightning_sparsity.distillation_config import Criterion, DistillationConfig
 from lightning_sparsity.metrics import Metric
 from lightning_sparsity.prune_types import PruneType, prune_types, register_prune_type
 from lightning_sparsity.pruner import Pruner
@@ -21,6 +23,9 @@ __version__ = "0.1.0"
 _LAZY = {"NLPTrainer": "lightning_sparsity.trainer"}
 
 __all__ = [
+    "Criterion",
+    "DistillationConfig",
+    "KnowledgeDistillation",
     "LayerSparsity",
     "Metric",
     "NLPTrainer",

