@@ -38,7 +38,9 @@ def field_message(error: BaseException) -> Optional[str]:
     problems = [index for index, link in enumerate(chain) if _PROBLEM.match(str(link))]
     if problems:  # a value jsonargparse refused: the class it was building, then the field and why
         index = problems[-1]
-        class_name = _PROBLEM.match(str(chain[index]))[1].rsplit(".", 1)[-1]
+        problem = _PROBLEM.match(str(chain[index]))
+        assert problem is not None  # matched just above
+        class_name = problem[1].rsplit(".", 1)[-1]
         inner = str(chain[index + 1]) if index + 1 < len(chain) else str(chain[index]).split(":", 1)[1]
         key = _PARSER_KEY.match(inner.strip())
         if key:

@@ -40,10 +40,9 @@ _SIGNED_VIEWS = {1: torch.int8, 2: torch.int16, 4: torch.int32, 8: torch.int64}
 
 def save_sparse(model_or_state_dict: Union[nn.Module, Mapping[str, Tensor]], path: Union[str, Path]) -> None:
     """Writes a compressed checkpoint of a model (its ``state_dict``) or of a state dict to ``path``."""
-    if isinstance(model_or_state_dict, nn.Module):
-        state_dict = model_or_state_dict.state_dict()
-    else:
-        state_dict = model_or_state_dict
+    state_dict: Mapping[str, Tensor] = (
+        model_or_state_dict.state_dict() if isinstance(model_or_state_dict, nn.Module) else model_or_state_dict
+    )
     tensors: dict[str, Tensor] = {}
     shapes: dict[str, list[int]] = {}
     checksums: dict[str, str] = {}
@@ -117,7 +116,7 @@ def load_sparse_model(path: Union[str, Path]) -> PreTrainedModel:
 def checksum(tensor: Tensor) -> str:
     """``sha256:<hex>`` of a tensor's dtype, shape and bytes: equal only for bit-identical tensors."""
     digest = hashlib.sha256(f"{tensor.dtype}{list(tensor.shape)}".encode())
-    digest.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy())
+    digest.update(memoryview(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy()))
     return "sha256:" + digest.hexdigest()
 
 

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import itertools
 import math
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from functools import reduce
 
 import torch
@@ -145,7 +145,7 @@ def _select_in_bracket(flats: Sequence[Tensor], total: int, k: int) -> tuple[Ten
 
 def _select_all(flats: Sequence[Tensor], k: int) -> tuple[Tensor, int]:
     """The k-th smallest value and how many elements are at most it, ranking everything."""
-    everything = torch.cat(flats)
+    everything = torch.cat(list(flats))
     threshold = everything.kthvalue(k).values
     return threshold, int(torch.count_nonzero(everything <= threshold))
 
@@ -161,18 +161,27 @@ def _select_by_radix(flats: Sequence[Tensor], k: int) -> tuple[Tensor, int]:
     width = source.itemsize * 8
     shifts = [*range(width - _DIGIT_BITS, 0, -_DIGIT_BITS), 0]  # of the digits, from the most significant
     bins = 1 << _DIGIT_BITS
-    counts = sum(
+    counts = _summed(
         torch.bincount((_ordered_keys(c) >> shifts[0]) + bins // 2, minlength=bins) for c in _chunks(flats, source)
     )
     prefix, below, rank, tied = _digit_of_rank(counts, rank=k, offset=-(bins // 2))
     keys = [key[(key >> shifts[0]) == prefix] for key in map(_ordered_keys, _chunks(flats, source))]
     for high, shift in itertools.pairwise(shifts):
         bins = 1 << (high - shift)
-        counts = sum(torch.bincount((key >> shift) & (bins - 1), minlength=bins) for key in keys)
+        counts = _summed(torch.bincount((key >> shift) & (bins - 1), minlength=bins) for key in keys)
         digit, before, rank, tied = _digit_of_rank(counts, rank)
         below, prefix = below + before, (prefix << (high - shift)) + digit
         keys = [key[(key >> shift) == prefix] for key in keys]
     return _value_of_key(prefix, flats, source), below + tied
+
+
+def _summed(histograms: Iterable[Tensor]) -> Tensor:
+    """The sum of one or more histograms of the same bins."""
+    iterator = iter(histograms)
+    total = next(iterator)
+    for histogram in iterator:
+        total = total + histogram
+    return total
 
 
 def _digit_of_rank(counts: Tensor, rank: int, offset: int = 0) -> tuple[int, int, int, int]:

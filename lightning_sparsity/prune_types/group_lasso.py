@@ -9,6 +9,7 @@ import torch
 from torch import Tensor
 
 from lightning_sparsity.functional.criteria import group_lasso_grad_, magnitude_scores
+from lightning_sparsity.functional.patterns import Blocks
 from lightning_sparsity.layers import as_out_in
 from lightning_sparsity.prune_types.base import PruneType, check_setting, register_prune_type
 
@@ -34,6 +35,7 @@ class GroupLasso(PruneType):
             if weight.grad is not None:
                 module = self.modules[name]
                 matrix = as_out_in(weight, module)
+                assert isinstance(self.pattern, Blocks)  # pattern_kinds: unstructured and blocks
                 rows, cols = self.pattern.block_shape(matrix.shape)
                 group_lasso_grad_(as_out_in(weight.grad, module), matrix, rows, cols, self.settings.alpha)
 

@@ -40,7 +40,7 @@ class Wanda(PruneType):
 
     def check_weight(self, name: str, weight: nn.Parameter) -> None:
         module = self.modules.get(name)
-        if not (isinstance(module, (nn.Linear, nn.modules.conv._ConvNd)) or is_conv1d(module)):
+        if module is None or not (isinstance(module, (nn.Linear, nn.modules.conv._ConvNd)) or is_conv1d(module)):
             raise ValueError(f"prune_type='Wanda' reads the inputs of Linear, Conv1D or Conv layers; {name!r} is none")
         if isinstance(module, nn.modules.conv._ConvTransposeNd):
             raise ValueError(f"prune_type='Wanda' does not score transposed convolutions ({name!r}); exclude it")
