@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import asdict
-from typing import Any, Optional, Union
+from typing import Any, Optional, Union, cast
 
 import lightning.pytorch as pl
 import torch
@@ -149,7 +149,8 @@ class PruningCallback(Callback):
             weights = select_weights(pl_module, names, pruner.excluded_names)
             groups = []
             if structured:  # whole heads / FFN neurons, bound across their weights
-                groups = structured_groups(pl_module, pruner.pattern, weights, explicit=bool(pruner.names))
+                structure = pruner.parsed_pattern.structure  # type: ignore[attr-defined]
+                groups = structured_groups(pl_module, structure, weights, explicit=bool(pruner.names))
                 weights = {name: weights[name] for group in groups for name in group.names}
             if not weights:
                 raise ValueError(
@@ -221,8 +222,8 @@ class PruningCallback(Callback):
         if trainer.max_epochs is None or trainer.max_epochs < 0:
             return
         for index, pruner in enumerate(self.pruners):
-            if pruner.step_range is None and pruner.prune_type != "PatternLock":
-                if pruner.epoch_range[1] >= trainer.max_epochs:
+            if pruner.step_range is None and pruner.prune_type_class.follows_schedule:
+                if cast(list[int], pruner.epoch_range)[1] >= trainer.max_epochs:
                     rank_zero_warn(
                         f"pruners[{index}].epoch_range={pruner.epoch_range} ends at or after the last epoch "
                         f"(max_epochs={trainer.max_epochs} runs epochs 0..{trainer.max_epochs - 1}); the target is "
@@ -232,6 +233,7 @@ class PruningCallback(Callback):
 
     def _warn_if_step_ramp_outlasts(self, trainer: pl.Trainer) -> None:
         """Step ramps against the run's last optimizer step, known once the data is loaded."""
+        last: float
         if trainer.max_steps >= 0:
             last, where, fix = trainer.max_steps, f"max_steps={trainer.max_steps}", "max_steps"
         else:
@@ -293,6 +295,11 @@ class PruningCallback(Callback):
         if not replaced:
             return
         for sparsifier, name, now in replaced:
+            if now is None:
+                raise ValueError(
+                    f"weight {name!r} was removed from its module during pruning; remove its pruner instead, or "
+                    "exclude it with Pruner.excluded_names"
+                )
             sparsifier.rebind({name: now})
         self._slots = _slots(self.sparsifiers)
 
@@ -301,7 +308,8 @@ class PruningCallback(Callback):
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int
     ) -> None:
         values = (self.mask_sparsity(), self.current_target())
-        if values == self._logged and trainer.global_step % max(trainer.log_every_n_steps, 1):
+        every = max(trainer.log_every_n_steps, 1)  # type: ignore[attr-defined]
+        if values == self._logged and trainer.global_step % every:
             return  # nothing new to show: Lightning's logging costs more host time than the rest of the step's pruning
         self._logged = values
         # CPU tensors: a Python number would be copied to the GPU, which waits for the GPU at every step

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import Any, Optional
+from typing import Any, Optional, cast
 
 import torch
 from torch import Tensor, nn
@@ -39,6 +39,10 @@ class Sparsifier:
         self.numel = sum(w.numel() for w in weights.values())  # read every step by the logged sparsity
         self.groups = list(groups)
         self.pattern = pruner.parsed_pattern
+        # the pruner's ratios and ramp, which Pruner.__post_init__ has filled in where they were given as None
+        self.target = cast(float, pruner.target_sparsity_ratio)
+        self.initial = cast(float, pruner.initial_sparsity_ratio)
+        self.ramp = cast(list[int], pruner.step_range if pruner.step_range is not None else pruner.epoch_range)
         self.criterion = pruner.prune_type_class(pruner.settings, self.weights, self.modules, self.pattern)
         self.masks: dict[str, Tensor] = {}
         self.last_update: Optional[int] = None
@@ -49,7 +53,7 @@ class Sparsifier:
         self._keep_bytes: list[Tensor] = []
         self._pruned = 0
         for name, weight in weights.items():
-            _check_weight(name, self._out_in(name, weight), pruner)
+            _check_weight(name, self._out_in(name, weight), pruner)  # the weight as out_features x in_features
             self.criterion.check_weight(name, weight)
 
     @property
@@ -57,26 +61,22 @@ class Sparsifier:
         return self.pruner.step_range is not None
 
     @property
-    def ramp(self) -> list[int]:
-        return self.pruner.step_range if self.counts_steps else self.pruner.epoch_range  # type: ignore[return-value]
-
-    @property
     def target_reached(self) -> bool:
         """Whether the masks are at the target: the ramp is over."""
-        return self.current_target >= self.pruner.target_sparsity_ratio  # type: ignore[operator]
+        return self.current_target >= self.target
 
     @property
     def final_target(self) -> float:
         if not self.criterion.follows_schedule:
             return self.current_target
-        return self.pruner.target_sparsity_ratio  # type: ignore[return-value]
+        return self.target
 
     def unreachable_targets(self, tolerance: float = 0.01) -> dict[str, float]:
         """Weights whose units cannot realise the target within ``tolerance`` in local scope (e.g. ``1xchannel``
         at 0.5 on 3 rows reaches 0.667), with the sparsity they will reach instead."""
         if self.pattern.is_structured or self.pruner.scope == "global" or not self.criterion.follows_schedule:
             return {}
-        target = min(self.pruner.target_sparsity_ratio, self.pruner.max_sparsity_ratio_per_layer)  # type: ignore[type-var]
+        target = min(self.target, self.pruner.max_sparsity_ratio_per_layer)
         reached = {}
         for name, weight in self.weights.items():
             rows, columns = self.pattern.unit_grid(self._out_in(name, weight).shape)
@@ -101,12 +101,7 @@ class Sparsifier:
         if point is None or (self.last_update is not None and point <= self.last_update):
             return False
         progress = ramp_progress(point, start, end)
-        target = scheduled_sparsity(
-            progress,
-            self.pruner.initial_sparsity_ratio,  # type: ignore[arg-type]
-            self.pruner.target_sparsity_ratio,  # type: ignore[arg-type]
-            self.pruner.schedule,
-        )
+        target = scheduled_sparsity(progress, self.initial, self.target, self.pruner.schedule)
         self.update_masks(target)
         self.last_update = point
         return True
@@ -276,8 +271,9 @@ def _checked_number(state: Mapping[str, Any], key: str, low: float, high: float,
     value = state.get(key)
     if isinstance(value, Tensor) and value.dim() == 0:
         value = value.item()
-    valid = isinstance(value, (int, float)) and not isinstance(value, bool) and low <= value <= high
-    if not valid or (integer and float(value) != int(value)):
+    if not (isinstance(value, (int, float)) and not isinstance(value, bool) and low <= value <= high) or (
+        integer and float(value) != int(value)
+    ):
         kind = "an integer" if integer else "a number"
         raise ValueError(
             f"the checkpoint's pruning state has {key}={value!r}; expected {kind} in [{low:g}, {high:g}]: the "
@@ -301,7 +297,7 @@ def _check_names(sparsifier: Sparsifier, criterion: Mapping[str, Any]) -> None:
                 raise ValueError(f"the checkpoint's pruning {key} for weight {name!r} is not a floating-point tensor")
 
 
-def _check_weight(name: str, weight: nn.Parameter, pruner: Pruner) -> None:
+def _check_weight(name: str, weight: Tensor, pruner: Pruner) -> None:
     if not weight.is_floating_point():
         raise ValueError(f"weight {name!r} has dtype {weight.dtype}; only floating-point weights can be pruned")
     if not weight.requires_grad:

@@ -116,7 +116,7 @@ def load_sparse_model(path: Union[str, Path]) -> PreTrainedModel:
 def checksum(tensor: Tensor) -> str:
     """``sha256:<hex>`` of a tensor's dtype, shape and bytes: equal only for bit-identical tensors."""
     digest = hashlib.sha256(f"{tensor.dtype}{list(tensor.shape)}".encode())
-    digest.update(memoryview(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy()))
+    digest.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().data)
     return "sha256:" + digest.hexdigest()
 
 
