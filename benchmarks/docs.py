@@ -121,7 +121,7 @@ def _host_time() -> str:
         "to a GPU step whatever the model's size. *callback* is the step time with the callback minus without, "
         "within a round: everything the callback costs, but blurred by load on the shared machine (the quartiles "
         "of the rounds in brackets); *in its hooks* is the CPU time inside the callback's Lightning hooks, timed "
-        "directly: far steadier, blind to work the callback hands to other hooks (such as an optimizer step hook). "
+        "directly: far steadier (its optimizer step post-hook included). "
         "With updates every 10 or 100 steps the median step is one without a mask update (the callback's hot "
         "path); the mean counts the update steps too.\n\n" + table(headers, rows) + "\n"
     )
