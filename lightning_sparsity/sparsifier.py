@@ -16,6 +16,10 @@ from lightning_sparsity.layers import as_out_in
 from lightning_sparsity.pruner import Pruner
 from lightning_sparsity.structure import StructuredGroup, structured_masks
 
+#: Weights of at most this many values keep a copy of their mask in their own dtype for the per-step multiply (at
+#: most 4 bytes a value more, for these small weights only): their cost is the call, not the arithmetic.
+SMALL_WEIGHT = 1 << 16
+
 
 class Sparsifier:
     """Keeps boolean masks (True = kept) for a pruner's weights and applies them in place.
@@ -49,8 +53,10 @@ class Sparsifier:
         self.current_target = 0.0
         self.steps = 0  # optimizer steps taken, the clock of step-counted ramps
         self._derived_from: Optional[dict[str, Tensor]] = None  # the masks the next three are worked out from
-        self._masked_weights: list[Tensor] = []
-        self._keep_bytes: list[Tensor] = []
+        self._small_weights: list[Tensor] = []
+        self._small_keeps: list[Tensor] = []  # in the weights' dtype
+        self._large_weights: list[Tensor] = []
+        self._large_keeps: list[Tensor] = []  # uint8 views of the masks
         self._pruned = 0
         for name, weight in weights.items():
             _check_weight(name, self._out_in(name, weight), pruner)  # the weight as out_features x in_features
@@ -166,12 +172,17 @@ class Sparsifier:
         Pruned weights become +0.0 (``mul_`` alone leaves -0.0 for negative weights, which compressed
         checkpoints would then store as values to stay bit-exact; adding 0.0 turns -0.0 into +0.0 and
         changes nothing else). ``mul_`` by the mask's uint8 view + ``add_`` is several times faster than
-        ``masked_fill_`` on CPU.
+        ``masked_fill_`` on CPU. Small weights, whose cost is the call and not the arithmetic, are multiplied by
+        keep-multipliers in their own dtype: same-dtype lists take torch's multi-tensor fast path (one call for all,
+        where mixed dtypes cost one per weight).
         """
         self._derive_from_masks()
-        if self._masked_weights:  # one multi-tensor kernel for all weights, not two small ones per weight on a GPU
-            torch._foreach_mul_(self._masked_weights, self._keep_bytes)
-            torch._foreach_add_(self._masked_weights, 0.0)
+        if self._small_weights:
+            torch._foreach_mul_(self._small_weights, self._small_keeps)
+            torch._foreach_add_(self._small_weights, self._small_keeps, alpha=0.0)
+        if self._large_weights:
+            torch._foreach_mul_(self._large_weights, self._large_keeps)
+            torch._foreach_add_(self._large_weights, 0.0)
 
     def before_optimizer_step(self, skip_non_finite: bool = True) -> None:
         """Lets the prune type read this step's gradients (``skip_non_finite``: fp16 AMP's GradScaler skips steps
@@ -200,8 +211,12 @@ class Sparsifier:
         if self._derived_from is self.masks:
             return
         self._derived_from = self.masks
-        self._masked_weights = [self.weights[name] for name in self.masks]
-        self._keep_bytes = [mask.view(torch.uint8) for mask in self.masks.values()]  # multiplies faster than bool
+        small = [name for name, mask in self.masks.items() if mask.numel() <= SMALL_WEIGHT]
+        large = [name for name in self.masks if name not in small]
+        self._small_weights = [self.weights[name] for name in small]
+        self._small_keeps = [self.masks[name].to(self.weights[name].dtype) for name in small]
+        self._large_weights = [self.weights[name] for name in large]
+        self._large_keeps = [self.masks[name].view(torch.uint8) for name in large]  # multiplies faster than bool
         kept = [torch.count_nonzero(m) for m in self.masks.values()]  # all counted before one is read: one GPU wait
         self._pruned = sum(m.numel() for m in self.masks.values()) - sum(int(count) for count in kept)
 
