@@ -6,8 +6,9 @@ import re
 from collections.abc import Iterable
 
 from torch import nn
+from transformers.pytorch_utils import Conv1D
 
-PRUNABLE_MODULES: tuple[type[nn.Module], ...] = (nn.Linear, nn.modules.conv._ConvNd)
+PRUNABLE_MODULES: tuple[type[nn.Module], ...] = (nn.Linear, nn.modules.conv._ConvNd, Conv1D)
 
 
 def prunable_weights(model: nn.Module) -> dict[str, nn.Parameter]:

@@ -9,8 +9,9 @@ folded into the input dimension). Patterns:
   ``"1xchannel"`` prunes whole output rows and ``"channelx1"`` whole input columns (INC's forms);
 - ``"N:M"``: N zeros in every M consecutive weights along the input dimension, e.g. ``"2:4"``; a
   target below N/M prunes the lowest-scored of each group's N candidates;
-- ``"head"`` / ``"channel"``: whole attention heads / FFN neurons across several weights, see
-  :mod:`lightning_sparsity.structure` (the masks are made there, from the model's structure).
+- ``"head"`` / ``"neuron"``: whole attention heads / neurons (FFN neurons, conv channels) across several
+  weights, found in the model by :mod:`lightning_sparsity.structure` (the masks are made there);
+  ``"channel"`` is the old name of ``"neuron"``.
 """
 
 from __future__ import annotations
@@ -30,12 +31,13 @@ Method = Literal["per_tensor", "per_channel"]
 Scope = Literal["local", "global"]
 METHODS: tuple[str, ...] = get_args(Method)
 SCOPES: tuple[str, ...] = get_args(Scope)
-STRUCTURED_PATTERNS = ("head", "channel")
+STRUCTURED_PATTERNS = ("head", "neuron", "channel")
 PATTERN_FORMS = (
     '"1x1"',
     '"NxM" blocks such as "4x1" (a side may be "channel", as in "1xchannel")',
     '"N:M" such as "2:4"',
     '"head"',
+    '"neuron"',
     '"channel"',
 )
 
@@ -46,7 +48,7 @@ _N_OF_M = re.compile(r"(\d+):(\d+)")
 @dataclass(frozen=True)
 class Pattern:
     """A parsed pattern: ``rows x cols`` blocks, ``n`` zeros in every ``m`` weights when ``m > 0``, or a
-    model ``structure`` (``"head"``, ``"channel"``) when set. A block side of 0 spans the whole dimension."""
+    model ``structure`` (``"head"``, ``"neuron"``, ``"channel"``) when set. A block side of 0 spans the whole dimension."""
 
     rows: int = 1
     cols: int = 1
@@ -83,7 +85,7 @@ class Pattern:
 
 
 def parse_pattern(pattern: str) -> Pattern:
-    """Parses ``"1x1"``, ``"NxM"``, ``"N:M"``, ``"head"`` or ``"channel"``; anything else is a ValueError."""
+    """Parses ``"1x1"``, ``"NxM"``, ``"N:M"``, ``"head"``, ``"neuron"`` or ``"channel"``; else a ValueError."""
     if pattern in STRUCTURED_PATTERNS:
         return Pattern(structure=pattern)
     if isinstance(pattern, str):

@@ -1,0 +1,425 @@
+"""Dependency analysis: the structured groups of a model, found by running it once, not from a table of layouts.
+
+The model runs once on an example input with the autograd graph cut at the output of every Linear,
+transformers ``Conv1D``, convolution and BatchNorm (the *boundaries*). Each boundary's output is replaced by
+random values in ``[0.1, 1)``: what a feature depends on is then found whatever the weights are (pruned, zero
+weights hide nothing) and no activation sits where its derivative is zero (ReLU below 0, ReLU6 above 6). For every boundary input, one backward pass per feature finds which output
+features of the nearest boundaries it depends on; features joined by these dependencies form connected
+components. A component is a unit that can be removed when it has features read by a weight (columns), features
+produced by a weight (rows), and none that reach the model's output. Components with the same members form a
+group. Attention heads (a key/value head with every query head that reads it under grouped-query attention),
+gated-MLP and FFN neurons, conv channels with their BatchNorm and depthwise convs, and channels coupled by
+residual additions all come out of the same rule.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import defaultdict
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import torch
+from torch import Tensor, nn
+from transformers import PreTrainedModel
+from transformers.pytorch_utils import Conv1D
+
+from lightning_sparsity.structure.groups import StructuredGroup
+
+Kind = Literal["linear", "conv1d", "conv", "depthwise", "norm", "unsupported"]
+Side = Literal["in", "out", "both"]
+Unit = Literal["head", "neuron"]
+CHANNELWISE: tuple[Kind, ...] = ("depthwise", "norm")  # output feature i reads input feature i only
+EXAMPLE_SEQUENCE = 16  # tokens per example sequence (fewer if the model's positions are fewer)
+EXAMPLE_BATCH = 4
+
+
+@dataclass(frozen=True)
+class Member:
+    """One module's share of a coupling: its input or output features (``both`` for BatchNorm and depthwise
+    convs), ``segments`` blocks of ``units x size`` features."""
+
+    module: str
+    kind: Kind
+    side: Side
+    segments: int
+
+
+@dataclass(frozen=True)
+class Coupling:
+    """Units that must be removed together: ``structure`` says whether a unit is an attention head (several
+    features per module) or a neuron / channel (one feature per module and segment)."""
+
+    structure: Unit
+    units: int
+    members: tuple[Member, ...]
+    group: StructuredGroup
+
+
+@dataclass(frozen=True)
+class Analysis:
+    """The couplings found, and the modules whose features couple in a way no group can express."""
+
+    couplings: tuple[Coupling, ...]
+    unfollowed: tuple[str, ...]
+
+
+def module_kind(module: nn.Module) -> Kind | None:
+    """How the analysis treats ``module``: a boundary kind, or None for a module it traces through."""
+    if isinstance(module, Conv1D):
+        return "conv1d"
+    if isinstance(module, nn.Linear):
+        return "linear"
+    if isinstance(module, nn.modules.conv._ConvTransposeNd):
+        return "unsupported"
+    if isinstance(module, nn.modules.conv._ConvNd):
+        if module.groups == 1:
+            return "conv"
+        if module.groups == module.in_channels == module.out_channels:
+            return "depthwise"
+        return "unsupported"
+    if isinstance(module, nn.modules.batchnorm._BatchNorm):
+        return "norm"
+    return None
+
+
+def feature_axis(kind: Kind) -> int:
+    """The dimension of a boundary's input and output tensors that holds its features."""
+    return -1 if kind in ("linear", "conv1d") else 1
+
+
+def weight_dim(kind: Kind, side: Side) -> int:
+    """The dimension of a boundary's weight that holds its input (``in``) or output features."""
+    if kind == "conv1d":
+        return 1 if side == "out" else 0
+    return 1 if side == "in" else 0
+
+
+def widths(module: nn.Module, kind: Kind) -> tuple[int, int]:
+    """``(input features, output features)`` of a boundary."""
+    if kind == "conv1d":
+        return module.nx, module.nf
+    if kind == "linear":
+        return module.in_features, module.out_features
+    if kind == "norm":
+        return module.num_features, module.num_features
+    return module.in_channels, module.out_channels
+
+
+def example_input(model: nn.Module) -> Any:
+    """An input to trace ``model`` with: its ``example_input_array``, or random ids / pixels for a transformers
+    model (from its config); a ValueError otherwise."""
+    example = getattr(model, "example_input_array", None)
+    if example is not None:
+        return example
+    if isinstance(model, PreTrainedModel):
+        generator = torch.Generator().manual_seed(0)
+        config = model.config
+        if model.main_input_name == "input_ids":
+            sequence = min(EXAMPLE_SEQUENCE, getattr(config, "max_position_embeddings", None) or EXAMPLE_SEQUENCE)
+            vocab = model.get_input_embeddings().num_embeddings
+            return {"input_ids": torch.randint(0, vocab, (EXAMPLE_BATCH, sequence), generator=generator)}
+        if model.main_input_name == "pixel_values":
+            size = config.image_size if isinstance(config.image_size, int) else tuple(config.image_size)[0]
+            shape = (EXAMPLE_BATCH, config.num_channels, size, size)
+            return {"pixel_values": torch.randn(shape, generator=generator)}
+    raise ValueError(
+        f"the structure of {type(model).__name__} is found by running it once: set its example_input_array "
+        "(an input it accepts) or pass example_input"
+    )
+
+
+def call(model: nn.Module, example: Any) -> Any:
+    """``model`` applied to ``example``: keyword arguments for a dict, positional ones for a tuple."""
+    if isinstance(example, Mapping):
+        return model(**example)
+    if isinstance(example, tuple):
+        return model(*example)
+    return model(example)
+
+
+def analyze(model: nn.Module, example: Any = None) -> Analysis:
+    """The couplings of ``model``, traced on ``example`` (default: :func:`example_input`); names are full
+    module paths. Raises a ValueError naming what it could not follow when the model cannot be traced."""
+    example = example_input(model) if example is None else example
+    trace = _Trace(model, example)
+    order = {name: index for index, (name, _) in enumerate(model.named_modules())}
+    couplings, unfollowed = [], list(trace.unfollowed)
+    for signature, components in _by_signature(trace.components()).items():
+        coupling = _coupling(trace, signature, components, order)
+        if isinstance(coupling, str):
+            unfollowed.append(coupling)
+        elif coupling.units > 1:  # one unit: features that only go all together, such as a residual stream
+            couplings.append(coupling)
+    base = _base_prefix(model)
+    if base:  # a transformers task model: its head (classifier, LM head) stays whole, as in a dense model
+        couplings = [c for c in couplings if all(m.module.startswith(f"{base}.") for m in c.members)]
+    couplings.sort(key=lambda c: order[c.members[0].module])
+    return Analysis(tuple(couplings), tuple(unfollowed))
+
+
+def _base_prefix(model: nn.Module) -> str:
+    """The module path of a transformers task model's base model ("" when there is none)."""
+    if not isinstance(model, PreTrainedModel) or model.base_model is model:
+        return ""
+    return next(name for name, module in model.named_modules() if module is model.base_model)
+
+
+class _Trace:
+    """One run of a random-weight copy of the model with the graph cut at every boundary, and the union of
+    the features that depend on each other."""
+
+    def __init__(self, model: nn.Module, example: Any) -> None:
+        self.kinds = {name: kind for name, m in model.named_modules() if (kind := module_kind(m)) is not None}
+        self.widths = {name: widths(model.get_submodule(name), kind) for name, kind in self.kinds.items()}
+        self.generator = torch.Generator().manual_seed(0)
+        self.inputs: dict[str, Tensor] = {}
+        self.leaves: dict[str, Tensor] = {}
+        self.calls: dict[str, int] = defaultdict(int)
+        handles = []
+        for name in self.kinds:
+            module = model.get_submodule(name)
+            handles.append(module.register_forward_pre_hook(self._read(name)))
+            handles.append(module.register_forward_hook(self._cut(name)))
+        modes = {module: module.training for module in model.modules()}
+        try:
+            with torch.enable_grad():
+                outputs = list(_tensors(call(model.eval(), example)))
+        except Exception as error:  # the model's own error, reported with what was being traced
+            raise ValueError(f"could not trace {type(model).__name__} on its example input: {error}") from error
+        finally:
+            for handle in handles:
+                handle.remove()
+            for module, training in modes.items():
+                module.training = training
+        self.offsets: dict[tuple[str, str], int] = {}
+        total = 0
+        for name, (inputs, outputs_) in self.widths.items():
+            for side, width in (("in", inputs), ("out", outputs_)):
+                self.offsets[name, side] = total
+                total += width
+        self.parent = list(range(total))
+        self.frozen: set[int] = set()
+        self.unfollowed: list[str] = []
+        self._link(model, outputs)
+
+    def _read(self, name: str):
+        def hook(module: nn.Module, args: tuple) -> tuple:
+            self.calls[name] += 1
+            if not args or not isinstance(args[0], Tensor) or not args[0].is_floating_point():
+                return args
+            features = args[0] * 1.0  # the boundary's own copy: later in-place ops on the input leave it alone
+            self.inputs[name] = features
+            return (features, *args[1:])
+
+        return hook
+
+    def _cut(self, name: str):
+        def hook(module: nn.Module, args: tuple, output: Any) -> Any:
+            if not isinstance(output, Tensor):
+                return output
+            values = torch.rand(output.shape, generator=self.generator) * 0.9 + 0.1
+            leaf = values.to(device=output.device, dtype=output.dtype).requires_grad_()
+            self.leaves[name] = leaf
+            return leaf.clone()  # in-place ops downstream (ReLU(inplace=True), +=) act on the clone
+
+        return hook
+
+    def node(self, name: str, side: str, feature: int) -> int:
+        return self.offsets[name, side] + feature
+
+    def find(self, node: int) -> int:
+        while self.parent[node] != node:
+            self.parent[node] = self.parent[self.parent[node]]
+            node = self.parent[node]
+        return node
+
+    def union(self, a: int, b: int) -> None:
+        self.parent[self.find(a)] = self.find(b)
+
+    def _link(self, model: nn.Module, outputs: Sequence[Tensor]) -> None:
+        owners = {id(leaf): name for name, leaf in self.leaves.items()}
+        for name, kind in self.kinds.items():
+            if self.calls[name] > 1 or kind == "unsupported":  # shared or unsupported: its features stay
+                self._freeze(name, "in")
+                self._freeze(name, "out")
+                reason = "runs more than once per forward pass" if self.calls[name] > 1 else "is not supported"
+                self.unfollowed.append(f"{name} ({type(model.get_submodule(name)).__name__} {reason})")
+            elif kind in CHANNELWISE:
+                for feature in range(self.widths[name][0]):
+                    self.union(self.node(name, "in", feature), self.node(name, "out", feature))
+            features = self.inputs.get(name)
+            if features is not None and features.grad_fn is not None:
+                self._link_input(name, features, _reached(features, owners))
+        for output in outputs:
+            reached = _reached(output, owners)
+            if reached:
+                for source, channels in _dependencies(output, None, reached, self.leaves, self.kinds):
+                    self.frozen.update(self.node(source, "out", int(c)) for c in channels)
+
+    def _link_input(self, name: str, features: Tensor, sources: list[str]) -> None:
+        if not sources:
+            return
+        axis = feature_axis(self.kinds[name])
+        count = features.shape[axis]
+        first = _dependencies(features, (axis, 0), sources, self.leaves, self.kinds)
+        if all(len(channels) == self.widths[source][1] for source, channels in first) and count > 1:
+            anchor = self.node(name, "in", 0)  # every feature reads every source feature: one component
+            for feature in range(count):
+                self.union(self.node(name, "in", feature), anchor)
+            for source in sources:
+                for channel in range(self.widths[source][1]):
+                    self.union(self.node(source, "out", channel), anchor)
+            return
+        for feature in range(count):
+            found = first if feature == 0 else _dependencies(features, (axis, feature), sources, self.leaves, self.kinds)
+            node = self.node(name, "in", feature)
+            for source, channels in found:
+                for channel in channels.tolist():
+                    self.union(node, self.node(source, "out", channel))
+
+    def _freeze(self, name: str, side: str) -> None:
+        width = self.widths[name][0 if side == "in" else 1]
+        self.frozen.update(self.node(name, side, feature) for feature in range(width))
+
+    def components(self) -> list[dict[tuple[str, str], list[int]]]:
+        """The removable components: features by ``(module, side)``, with a reading and a producing weight
+        and no feature that reaches the output or belongs to a shared or unsupported module."""
+        frozen_roots = {self.find(node) for node in self.frozen}
+        by_root: dict[int, dict[tuple[str, str], list[int]]] = defaultdict(lambda: defaultdict(list))
+        for (name, side), offset in self.offsets.items():
+            width = self.widths[name][0 if side == "in" else 1]
+            for feature in range(width):
+                by_root[self.find(offset + feature)][name, side].append(feature)
+        removable = []
+        for root, members in by_root.items():
+            if root in frozen_roots:
+                continue
+            reads = any(side == "in" and self.kinds[name] not in CHANNELWISE for name, side in members)
+            writes = any(side == "out" and self.kinds[name] not in CHANNELWISE for name, side in members)
+            if reads and writes:
+                removable.append(dict(members))
+        return removable
+
+
+def _by_signature(
+    components: list[dict[tuple[str, str], list[int]]],
+) -> dict[tuple[tuple[str, str, int], ...], list[dict[tuple[str, str], list[int]]]]:
+    grouped: dict[tuple[tuple[str, str, int], ...], list] = defaultdict(list)
+    for component in components:
+        grouped[tuple(sorted((name, side, len(f)) for (name, side), f in component.items()))].append(component)
+    return grouped
+
+
+def _coupling(
+    trace: _Trace, signature: tuple[tuple[str, str, int], ...], components: list, order: Mapping[str, int]
+) -> Coupling | str:
+    """The coupling of components with the same members, or why its features are too irregular for one."""
+    keys = sorted({(name, side) for name, side, _ in signature}, key=lambda k: (order[k[0]], k[1]))
+    components = sorted(components, key=lambda c: min(c[keys[0]]))
+    units = len(components)
+    members, per_unit = [], {}
+    for name, side in keys:
+        count = len(components[0][name, side])
+        width = trace.widths[name][0 if side == "in" else 1]
+        unit_of = torch.full((width,), -1)
+        for unit, component in enumerate(components):
+            unit_of[component[name, side]] = unit
+        segments = _segments(unit_of, units, count)
+        if segments is None:
+            return f"{name} ({side}put features of {units} coupled units, not in regular blocks)"
+        kind = trace.kinds[name]
+        if kind in CHANNELWISE:
+            if side == "out":
+                continue
+            side = "both"
+        members.append(Member(name, kind, side, segments))
+        per_unit[name] = count // segments
+    structure: Unit = "neuron" if all(size == 1 for size in per_unit.values()) else "head"
+    return Coupling(structure, units, tuple(members), _weights_group(members, units, per_unit))
+
+
+def _segments(unit_of: Tensor, units: int, count: int) -> int | None:
+    """The number of ``units x size`` blocks that lay out ``unit_of`` (each feature's unit), or None."""
+    if bool((unit_of < 0).any()):
+        return None
+    for segments in range(1, count + 1):
+        if count % segments == 0:
+            expected = torch.arange(units).repeat_interleave(count // segments).repeat(segments)
+            if torch.equal(unit_of, expected):
+                return segments
+    return None
+
+
+def _weights_group(members: Sequence[Member], units: int, per_unit: Mapping[str, int]) -> StructuredGroup:
+    rows, columns, layouts = [], [], []
+    for member in members:
+        if member.kind == "norm":
+            continue  # BatchNorm scales features; it is not a pruned weight
+        weight = f"{member.module}.weight" if member.module else "weight"
+        dim = 0 if member.side == "both" else weight_dim(member.kind, member.side)
+        (columns if member.side == "in" else rows).append(weight)
+        if (dim, member.segments) != ((1, 1) if member.side == "in" else (0, 1)):
+            layouts.append((weight, dim, member.segments))
+    first = next(m.module for m in members if m.kind != "norm" and m.side != "in")
+    return StructuredGroup(tuple(rows), tuple(columns), units, per_unit[first], tuple(layouts))
+
+
+def _dependencies(
+    tensor: Tensor,
+    feature: tuple[int, int] | None,
+    sources: Sequence[str],
+    leaves: Mapping[str, Tensor],
+    kinds: Mapping[str, Kind],
+) -> list[tuple[str, Tensor]]:
+    """The output features of each source that ``tensor`` (its ``(axis, index)`` feature, or all of it) reads:
+    one backward pass with random positive weights, so that no dependency cancels out."""
+    generator = torch.Generator().manual_seed(len(sources))
+    weights = torch.rand(tensor.shape, generator=generator, dtype=tensor.dtype) + 0.5
+    if feature is not None:
+        axis, index = feature
+        select = torch.zeros(tensor.shape[axis], dtype=tensor.dtype)
+        select[index] = 1.0
+        shape = [1] * tensor.dim()
+        shape[axis] = -1
+        weights = weights * select.reshape(shape)
+    targets = [leaves[name] for name in sources]
+    grads = torch.autograd.grad(tensor, targets, weights, retain_graph=True, allow_unused=True)
+    found = []
+    for name, grad in zip(sources, grads, strict=True):
+        if grad is not None:
+            axis = feature_axis(kinds[name])
+            per_feature = grad.abs().movedim(axis, 0).reshape(grad.shape[axis], -1).sum(dim=1)
+            found.append((name, per_feature.nonzero()[:, 0]))
+    return found
+
+
+def _reached(tensor: Tensor, owners: Mapping[int, str]) -> list[str]:
+    """The boundaries whose (cut) outputs ``tensor`` was computed from, nearest only."""
+    if tensor.grad_fn is None:
+        return []
+    found, seen, stack = [], set(), [tensor.grad_fn]
+    while stack:
+        function = stack.pop()
+        if function is None or id(function) in seen:
+            continue
+        seen.add(id(function))
+        variable = getattr(function, "variable", None)
+        if variable is not None and id(variable) in owners:
+            found.append(owners[id(variable)])
+        stack.extend(next_function for next_function, _ in function.next_functions)
+    return sorted(set(found))
+
+
+def _tensors(value: Any) -> Iterator[Tensor]:
+    """Every floating-point tensor with a graph in a model's output (tensors, tuples, dicts, ModelOutputs)."""
+    if isinstance(value, Tensor):
+        if value.grad_fn is not None:
+            yield value
+    elif isinstance(value, Mapping):
+        for item in value.values():
+            yield from _tensors(item)
+    elif isinstance(value, (tuple, list)):
+        for item in value:
+            yield from _tensors(item)
