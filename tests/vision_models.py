@@ -63,7 +63,10 @@ class ResNet(nn.Module):
         self.bn1 = nn.BatchNorm2d(self.inplanes)
         self.relu = nn.ReLU(inplace=True)
         self.maxpool = nn.MaxPool2d(3, 2, 1)
-        stages = [self._stage(block, width, count, 1 if i == 0 else 2) for i, (width, count) in enumerate(zip(widths, layers))]
+        stages = [
+            self._stage(block, width, count, 1 if i == 0 else 2)
+            for i, (width, count) in enumerate(zip(widths, layers, strict=True))
+        ]
         self.layers = nn.Sequential(*stages)
         self.avgpool = nn.AdaptiveAvgPool2d(1)
         self.fc = nn.Linear(self.inplanes, num_classes)

@@ -87,8 +87,8 @@ def save_slimmed(model: nn.Module, folder: Union[str, Path], example: Any = None
     """Slims ``model`` and saves it into ``folder``: ``save_pretrained`` for a transformers model, else
     ``model.safetensors`` and ``slimmed.json``; returns the slimmed model."""
     slimmed = slim(model, example)
-    if isinstance(slimmed, PreTrainedModel):
-        slimmed.save_pretrained(folder)
+    if isinstance(slimmed, PreTrainedModel):  # the weights under the module names that the sizes refer to
+        slimmed.save_pretrained(folder, save_original_format=False)
     else:
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
@@ -167,7 +167,9 @@ def _shrink(module: nn.Module, kind: str, inputs: Optional[Tensor], outputs: Opt
                 tensor = getattr(module, name, None)
                 if tensor is not None:
                     kept = tensor.index_select(0, outputs.to(tensor.device))
-                    setattr(module, name, nn.Parameter(kept, tensor.requires_grad) if name in module._parameters else kept)
+                    setattr(
+                        module, name, nn.Parameter(kept, tensor.requires_grad) if name in module._parameters else kept
+                    )
             module.num_features = len(outputs)
             return
         if kind == "depthwise":
@@ -199,7 +201,7 @@ def _head_attributes(model: nn.Module, coupling: Coupling, kept: int) -> dict[st
     size (:data:`SIZE_WORDS`) whose value is a width or head count of the coupling, but not the head size."""
     paths = [member.module.split(".") for member in coupling.members]
     common = []
-    for parts in zip(*paths):
+    for parts in zip(*paths, strict=False):  # up to the shortest path
         if len(set(parts)) > 1:
             break
         common.append(parts[0])

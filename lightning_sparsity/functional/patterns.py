@@ -47,8 +47,8 @@ _N_OF_M = re.compile(r"(\d+):(\d+)")
 
 @dataclass(frozen=True)
 class Pattern:
-    """A parsed pattern: ``rows x cols`` blocks, ``n`` zeros in every ``m`` weights when ``m > 0``, or a
-    model ``structure`` (``"head"``, ``"neuron"``, ``"channel"``) when set. A block side of 0 spans the whole dimension."""
+    """A parsed pattern: ``rows x cols`` blocks, ``n`` zeros in every ``m`` weights when ``m > 0``, or a model
+    ``structure`` (``"head"``, ``"neuron"``, ``"channel"``) when set. A block side of 0 spans the whole dimension."""
 
     rows: int = 1
     cols: int = 1

@@ -3,18 +3,19 @@
 The model runs once on an example input with the autograd graph cut at the output of every Linear,
 transformers ``Conv1D``, convolution and BatchNorm (the *boundaries*). Each boundary's output is replaced by
 random values in ``[0.1, 1)``: what a feature depends on is then found whatever the weights are (pruned, zero
-weights hide nothing) and no activation sits where its derivative is zero (ReLU below 0, ReLU6 above 6). For every boundary input, one backward pass per feature finds which output
-features of the nearest boundaries it depends on; features joined by these dependencies form connected
-components. A component is a unit that can be removed when it has features read by a weight (columns), features
-produced by a weight (rows), and none that reach the model's output. Components with the same members form a
-group. Attention heads (a key/value head with every query head that reads it under grouped-query attention),
+weights hide nothing) and no activation sits where its derivative is zero (ReLU below 0, ReLU6 above 6).
+For every boundary input, one backward pass per feature finds which output features of the nearest
+boundaries it depends on (one pass in all when its first feature depends on all of them, as after a LayerNorm);
+features joined by these dependencies form connected components. A component is a unit that can be removed when
+it has features read by a weight (columns), features produced by a weight (rows), and none that reach the
+model's output. Components with the same members form a group (one of a single unit is left out: a residual
+stream of a transformer is one component). Attention heads (a key/value head with every query head that reads it under grouped-query attention),
 gated-MLP and FFN neurons, conv channels with their BatchNorm and depthwise convs, and channels coupled by
 residual additions all come out of the same rule.
 """
 
 from __future__ import annotations
 
-import math
 from collections import defaultdict
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -117,7 +118,8 @@ def example_input(model: nn.Module) -> Any:
         generator = torch.Generator().manual_seed(0)
         config = model.config
         if model.main_input_name == "input_ids":
-            sequence = min(EXAMPLE_SEQUENCE, getattr(config, "max_position_embeddings", None) or EXAMPLE_SEQUENCE)
+            positions = getattr(config, "max_position_embeddings", None) or 2 * EXAMPLE_SEQUENCE
+            sequence = max(2, min(EXAMPLE_SEQUENCE, positions // 2))  # half: RoBERTa's positions start past padding
             vocab = model.get_input_embeddings().num_embeddings
             return {"input_ids": torch.randint(0, vocab, (EXAMPLE_BATCH, sequence), generator=generator)}
         if model.main_input_name == "pixel_values":
@@ -273,7 +275,9 @@ class _Trace:
                     self.union(self.node(source, "out", channel), anchor)
             return
         for feature in range(count):
-            found = first if feature == 0 else _dependencies(features, (axis, feature), sources, self.leaves, self.kinds)
+            found = (
+                first if feature == 0 else _dependencies(features, (axis, feature), sources, self.leaves, self.kinds)
+            )
             node = self.node(name, "in", feature)
             for source, channels in found:
                 for channel in channels.tolist():

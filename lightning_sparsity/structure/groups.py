@@ -75,13 +75,17 @@ def unit_masks(group: StructuredGroup, keep: Tensor, shapes: Mapping[str, torch.
 def structured_masks(
     groups: Sequence[StructuredGroup], scores: Mapping[str, Tensor], sparsity: float, scope: Scope = "local"
 ) -> dict[str, Tensor]:
-    """Keep-masks pruning a ``sparsity`` fraction of units: of each group (``local``) or of all (``global``)."""
+    """Keep-masks pruning a ``sparsity`` fraction of units: of each group (``local``) or of all (``global``).
+
+    A weight in several groups (a conv reads one group's channels and writes another's) keeps what all keep.
+    """
     units = [unit_scores(g, scores)[:, None] for g in groups]
     keeps = pattern_masks(units, sparsity, Pattern(), scope=scope)
     shapes = {name: scores[name].shape for name in scores}
     masks: dict[str, Tensor] = {}
     for group, keep in zip(groups, keeps, strict=True):
-        masks.update(unit_masks(group, keep[:, 0], shapes))
+        for name, mask in unit_masks(group, keep[:, 0], shapes).items():
+            masks[name] = mask if name not in masks else masks[name] & mask
     return masks
 
 
