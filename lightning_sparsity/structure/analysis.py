@@ -9,9 +9,9 @@ boundaries it depends on (one pass in all when its first feature depends on all 
 features joined by these dependencies form connected components. A component is a unit that can be removed when
 it has features read by a weight (columns), features produced by a weight (rows), and none that reach the
 model's output. Components with the same members form a group (one of a single unit is left out: a residual
-stream of a transformer is one component). Attention heads (a key/value head with every query head that reads it under grouped-query attention),
-gated-MLP and FFN neurons, conv channels with their BatchNorm and depthwise convs, and channels coupled by
-residual additions all come out of the same rule.
+stream of a transformer is one component). Attention heads (a key/value head with every query head that reads
+it under grouped-query attention), gated-MLP and FFN neurons, conv channels with their BatchNorm and depthwise
+convs, and channels coupled by residual additions all come out of the same rule.
 """
 
 from __future__ import annotations
