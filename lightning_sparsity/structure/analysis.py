@@ -4,8 +4,10 @@ The model runs once on an example input with the autograd graph cut at the outpu
 transformers ``Conv1D``, convolution and BatchNorm (the *boundaries*). Each boundary's output is replaced by
 random values in ``[0.1, 1)``: what a feature depends on is then found whatever the weights are (pruned, zero
 weights hide nothing) and no activation sits where its derivative is zero (ReLU below 0, ReLU6 above 6).
-For every boundary input, one backward pass per feature finds which output features of the nearest
-boundaries it depends on (one pass in all when its first feature depends on all of them, as after a LayerNorm);
+For every boundary input, backward passes find which output features of the nearest boundaries each of its
+features depends on: the example is repeated along its batch dimension and each copy asks about another feature,
+so one pass answers for ``COPIES`` features (one pass in all when the first depends on everything, as after a
+LayerNorm);
 features joined by these dependencies form connected components. A component is a unit that can be removed when
 it has features read by a weight (columns), features produced by a weight (rows), and none that reach the
 model's output. Components with the same members form a group (one of a single unit is left out: a residual
@@ -32,8 +34,9 @@ Kind = Literal["linear", "conv1d", "conv", "depthwise", "norm", "unsupported"]
 Side = Literal["in", "out", "both"]
 Unit = Literal["head", "neuron"]
 CHANNELWISE: tuple[Kind, ...] = ("depthwise", "norm")  # output feature i reads input feature i only
-EXAMPLE_SEQUENCE = 16  # tokens per example sequence (fewer if the model's positions are fewer)
-EXAMPLE_BATCH = 4
+EXAMPLE_SEQUENCE = 8  # tokens per example sequence (fewer if the model has fewer positions)
+EXAMPLE_BATCH = 2
+COPIES = 32  # copies of the example traced at once: features whose dependencies one backward pass finds
 
 
 @dataclass(frozen=True)
@@ -175,6 +178,26 @@ class _Trace:
     def __init__(self, model: nn.Module, example: Any) -> None:
         self.kinds = {name: kind for name, m in model.named_modules() if (kind := module_kind(m)) is not None}
         self.widths = {name: widths(model.get_submodule(name), kind) for name, kind in self.kinds.items()}
+        try:  # the example repeated along its batch dimension: one backward pass reads a feature per copy
+            self.copies, outputs = COPIES, self._run(model, _repeated(example, COPIES))
+        except Exception:  # noqa: BLE001 - a model that takes no bigger batch: traced on the example as it is
+            try:
+                self.copies, outputs = 1, self._run(model, example)
+            except Exception as error:  # the model's own error, reported with what was being traced
+                raise ValueError(f"could not trace {type(model).__name__} on its example input: {error}") from error
+        self.offsets: dict[tuple[str, str], int] = {}
+        total = 0
+        for name, (inputs, outputs_) in self.widths.items():
+            for side, width in (("in", inputs), ("out", outputs_)):
+                self.offsets[name, side] = total
+                total += width
+        self.parent = list(range(total))
+        self.frozen: set[int] = set()
+        self.unfollowed: list[str] = []
+        self._link(model, outputs)
+
+    def _run(self, model: nn.Module, example: Any) -> list[Tensor]:
+        """Runs ``model`` in eval mode with every boundary's input recorded and its output cut."""
         self.generator = torch.Generator().manual_seed(0)
         self.inputs: dict[str, Tensor] = {}
         self.leaves: dict[str, Tensor] = {}
@@ -187,24 +210,12 @@ class _Trace:
         modes = {module: module.training for module in model.modules()}
         try:
             with torch.enable_grad():
-                outputs = list(_tensors(call(model.eval(), example)))
-        except Exception as error:  # the model's own error, reported with what was being traced
-            raise ValueError(f"could not trace {type(model).__name__} on its example input: {error}") from error
+                return list(_tensors(call(model.eval(), example)))
         finally:
             for handle in handles:
                 handle.remove()
             for module, training in modes.items():
                 module.training = training
-        self.offsets: dict[tuple[str, str], int] = {}
-        total = 0
-        for name, (inputs, outputs_) in self.widths.items():
-            for side, width in (("in", inputs), ("out", outputs_)):
-                self.offsets[name, side] = total
-                total += width
-        self.parent = list(range(total))
-        self.frozen: set[int] = set()
-        self.unfollowed: list[str] = []
-        self._link(model, outputs)
 
     def _read(self, name: str):
         def hook(module: nn.Module, args: tuple) -> tuple:
@@ -252,21 +263,24 @@ class _Trace:
                 for feature in range(self.widths[name][0]):
                     self.union(self.node(name, "in", feature), self.node(name, "out", feature))
             features = self.inputs.get(name)
-            if features is not None and features.grad_fn is not None:
-                self._link_input(name, features, _reached(features, owners))
+            sources = _reached(features, owners) if features is not None else []
+            if sources:
+                self._link_input(name, features, sources)
         for output in outputs:
             reached = _reached(output, owners)
             if reached:
-                for source, channels in _dependencies(output, None, reached, self.leaves, self.kinds):
+                for source, channels in _reach_all(output, reached, self.leaves, self.kinds):
                     self.frozen.update(self.node(source, "out", int(c)) for c in channels)
 
     def _link_input(self, name: str, features: Tensor, sources: list[str]) -> None:
-        if not sources:
-            return
         axis = feature_axis(self.kinds[name])
         count = features.shape[axis]
-        first = _dependencies(features, (axis, 0), sources, self.leaves, self.kinds)
-        if all(len(channels) == self.widths[source][1] for source, channels in first) and count > 1:
+        copies = self.copies if features.numel() % (self.copies * count) == 0 else 1
+        first = _reach_each(features, axis, [0], copies, sources, self.leaves, self.kinds)
+        if any(channels.numel() for found in first[1:] for _, channels in found):
+            copies = 1  # the copies of the example are not independent here: one feature per pass
+            first = _reach_each(features, axis, [0], 1, sources, self.leaves, self.kinds)
+        if all(len(channels) == self.widths[source][1] for source, channels in first[0]) and count > 1:
             anchor = self.node(name, "in", 0)  # every feature reads every source feature: one component
             for feature in range(count):
                 self.union(self.node(name, "in", feature), anchor)
@@ -274,14 +288,18 @@ class _Trace:
                 for channel in range(self.widths[source][1]):
                     self.union(self.node(source, "out", channel), anchor)
             return
-        for feature in range(count):
+        for start in range(0, count, copies):
+            selection = list(range(start, min(start + copies, count)))
             found = (
-                first if feature == 0 else _dependencies(features, (axis, feature), sources, self.leaves, self.kinds)
+                first
+                if start == 0 and copies == 1
+                else _reach_each(features, axis, selection, copies, sources, self.leaves, self.kinds)
             )
-            node = self.node(name, "in", feature)
-            for source, channels in found:
-                for channel in channels.tolist():
-                    self.union(node, self.node(source, "out", channel))
+            for feature, reached in zip(selection, found, strict=False):
+                node = self.node(name, "in", feature)
+                for source, channels in reached:
+                    for channel in channels.tolist():
+                        self.union(node, self.node(source, "out", channel))
 
     def _freeze(self, name: str, side: str) -> None:
         width = self.widths[name][0 if side == "in" else 1]
@@ -370,32 +388,52 @@ def _weights_group(members: Sequence[Member], units: int, per_unit: Mapping[str,
     return StructuredGroup(tuple(rows), tuple(columns), units, per_unit[first], tuple(layouts))
 
 
-def _dependencies(
-    tensor: Tensor,
-    feature: tuple[int, int] | None,
-    sources: Sequence[str],
-    leaves: Mapping[str, Tensor],
-    kinds: Mapping[str, Kind],
+def _reach_all(
+    tensor: Tensor, sources: Sequence[str], leaves: Mapping[str, Tensor], kinds: Mapping[str, Kind]
 ) -> list[tuple[str, Tensor]]:
-    """The output features of each source that ``tensor`` (its ``(axis, index)`` feature, or all of it) reads:
-    one backward pass with random positive weights, so that no dependency cancels out."""
-    generator = torch.Generator().manual_seed(len(sources))
-    weights = torch.rand(tensor.shape, generator=generator, dtype=tensor.dtype) + 0.5
-    if feature is not None:
-        axis, index = feature
-        select = torch.zeros(tensor.shape[axis], dtype=tensor.dtype)
-        select[index] = 1.0
-        shape = [1] * tensor.dim()
-        shape[axis] = -1
-        weights = weights * select.reshape(shape)
-    targets = [leaves[name] for name in sources]
-    grads = torch.autograd.grad(tensor, targets, weights, retain_graph=True, allow_unused=True)
+    """The output features of each source that any element of ``tensor`` reads: one backward pass (the random
+    values at the cut make an exact cancellation of dependencies as unlikely as a random tie)."""
+    weights = torch.ones_like(tensor)
+    grads = torch.autograd.grad(
+        tensor, [leaves[name] for name in sources], weights, retain_graph=True, allow_unused=True
+    )
     found = []
     for name, grad in zip(sources, grads, strict=True):
         if grad is not None:
-            axis = feature_axis(kinds[name])
-            per_feature = grad.abs().movedim(axis, 0).reshape(grad.shape[axis], -1).sum(dim=1)
-            found.append((name, per_feature.nonzero()[:, 0]))
+            per_feature = (
+                grad.abs().movedim(feature_axis(kinds[name]), -1).reshape(-1, grad.shape[feature_axis(kinds[name])])
+            )
+            found.append((name, per_feature.sum(dim=0).nonzero()[:, 0]))
+    return found
+
+
+def _reach_each(
+    tensor: Tensor,
+    axis: int,
+    selection: Sequence[int],
+    copies: int,
+    sources: Sequence[str],
+    leaves: Mapping[str, Tensor],
+    kinds: Mapping[str, Kind],
+) -> list[list[tuple[str, Tensor]]]:
+    """For each copy of the example, the output features of each source that feature ``selection[copy]`` of
+    ``tensor`` reads (empty for the copies past the selection): one backward pass for all of them, the
+    copies being independent (the example repeated along its batch dimension)."""
+    moved = tensor.movedim(axis, -1)
+    count = moved.shape[-1]
+    select = torch.zeros(copies, 1, count, dtype=tensor.dtype, device=tensor.device)
+    select[torch.arange(len(selection)), 0, torch.tensor(list(selection))] = 1.0
+    weights = select.expand(copies, moved.numel() // (copies * count), count).reshape(moved.shape).movedim(-1, axis)
+    grads = torch.autograd.grad(
+        tensor, [leaves[name] for name in sources], weights, retain_graph=True, allow_unused=True
+    )
+    found: list[list[tuple[str, Tensor]]] = [[] for _ in range(copies)]
+    for name, grad in zip(sources, grads, strict=True):
+        if grad is not None:
+            per_copy = grad.abs().movedim(feature_axis(kinds[name]), -1)
+            reached = (per_copy.reshape(copies, -1, per_copy.shape[-1]).sum(dim=1) > 0).cpu()
+            for copy_index in range(copies):
+                found[copy_index].append((name, reached[copy_index].nonzero()[:, 0]))
     return found
 
 
@@ -414,6 +452,17 @@ def _reached(tensor: Tensor, owners: Mapping[int, str]) -> list[str]:
             found.append(owners[id(variable)])
         stack.extend(next_function for next_function, _ in function.next_functions)
     return sorted(set(found))
+
+
+def _repeated(example: Any, copies: int) -> Any:
+    """``example`` with every tensor repeated ``copies`` times along its first (batch) dimension."""
+    if isinstance(example, Tensor):
+        return example.repeat(copies, *([1] * (example.dim() - 1))) if example.dim() else example
+    if isinstance(example, Mapping):
+        return {key: _repeated(value, copies) for key, value in example.items()}
+    if isinstance(example, tuple):
+        return tuple(_repeated(value, copies) for value in example)
+    return example
 
 
 def _tensors(value: Any) -> Iterator[Tensor]:
