@@ -5,6 +5,8 @@
   neurons of every layer, by L1 magnitude, zeroed by ``structured_masks`` and removed by ``slim()``.
   Torch-Pruning (``structured_tp.py``, its own environment): half the heads and half the MLP neurons; under
   grouped-query attention it removes query heads within groups and keeps every key/value head.
+- ``gpt2`` (``Conv1D``, fused query/key/value) and ``vit`` (ViT-S/16-like, 6 layers, 224^2 images): ours only,
+  half the heads and half the FFN neurons of every layer.
 - ``resnet50``: ResNet-50-shaped, half the channels of every group (ours: every coupling the analysis finds, the
   residual streams included; Torch-Pruning: ``pruning_ratio=0.5``), the classifier's outputs kept.
 
@@ -38,6 +40,7 @@ from lightning_sparsity.structure import analyze, structured_masks
 
 HALF = 0.5
 TP_PYTHON = "/work/venvs/tp/bin/python"
+TP_MODELS = ("llama", "resnet50")  # GPT-2's Conv1D and transformers 5's ViT are not in its examples
 
 
 def prune_ours(model: torch.nn.Module, example: torch.Tensor) -> torch.nn.Module:
@@ -62,7 +65,7 @@ def prune_torch_pruning(name: str, python: str) -> tuple[torch.nn.Module, float,
 
 def batch_for(name: str) -> torch.Tensor:
     generator = torch.Generator().manual_seed(1)
-    if name == "llama":
+    if name in ("llama", "gpt2"):
         return torch.randint(0, 8000, (8, 128), generator=generator)
     return torch.randn(8, 3, 224, 224, generator=generator)
 
@@ -81,9 +84,9 @@ def macs(model: torch.nn.Module, inputs: torch.Tensor) -> int:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", choices=["llama", "resnet50"], default="llama")
+    parser.add_argument("--model", choices=["llama", "gpt2", "vit", "resnet50"], default="llama")
     parser.add_argument("--rounds", type=int, default=7)
-    parser.add_argument("--tp-python", default=TP_PYTHON, help="python of the Torch-Pruning environment ('' skips)")
+    parser.add_argument("--tp-python", default=TP_PYTHON, help="Torch-Pruning's python ('' skips; llama, resnet50)")
     args = parser.parse_args()
     set_threads(1)
     dense = build(args.model).eval()
@@ -94,7 +97,7 @@ def main() -> None:
     variants: dict[str, torch.nn.Module] = {"dense": dense, "ours": ours}
     result: dict[str, Any] = {"model": args.model, "rounds": args.rounds}
     result["seconds_to_find_and_remove"] = {"ours": ours_seconds}
-    if args.tp_python:
+    if args.tp_python and args.model in TP_MODELS:
         tp_model, tp_seconds, version = prune_torch_pruning(args.model, args.tp_python)
         variants["torch_pruning"] = tp_model
         result["seconds_to_find_and_remove"]["torch_pruning"] = tp_seconds

@@ -5,7 +5,14 @@ from __future__ import annotations
 
 import torch
 from torch import nn
-from transformers import LlamaConfig, LlamaForCausalLM
+from transformers import (
+    GPT2Config,
+    GPT2LMHeadModel,
+    LlamaConfig,
+    LlamaForCausalLM,
+    ViTConfig,
+    ViTForImageClassification,
+)
 
 #: The Llama-shaped decoder of the issue: 8 query / 2 key-value heads (grouped-query attention).
 LLAMA = dict(
@@ -17,6 +24,10 @@ LLAMA = dict(
     intermediate_size=1536,
     max_position_embeddings=256,
 )
+#: GPT-2 (``Conv1D`` projections) of the same width and depth.
+GPT2 = dict(vocab_size=8000, n_embd=512, n_layer=6, n_head=8, n_inner=1536, n_positions=256)
+#: A ViT-S/16-like image transformer, 6 layers: hidden 384, 6 heads, FFN 1536, 224^2 images.
+VIT = dict(hidden_size=384, num_hidden_layers=6, num_attention_heads=6, intermediate_size=1536, image_size=224)
 
 
 class Bottleneck(nn.Module):
@@ -71,10 +82,14 @@ class ResNet50(nn.Module):
 
 
 def build(name: str) -> nn.Module:
-    """The random-init model ``llama`` or ``resnet50``, the same in both environments (seed 0)."""
+    """The random-init model ``llama``, ``gpt2``, ``vit`` or ``resnet50``, the same in both environments (seed 0)."""
     torch.manual_seed(0)
     if name == "llama":
         return LlamaForCausalLM(LlamaConfig(**LLAMA))
+    if name == "gpt2":
+        return GPT2LMHeadModel(GPT2Config(**GPT2))
+    if name == "vit":
+        return ViTForImageClassification(ViTConfig(**VIT))
     model = ResNet50()
     with torch.no_grad():  # BatchNorm as if trained: scales that differ per channel
         for module in model.modules():
@@ -87,6 +102,6 @@ def build(name: str) -> nn.Module:
 def example_for(name: str, batch: int = 1) -> torch.Tensor:
     """A small input for tracing: token ids or images."""
     generator = torch.Generator().manual_seed(0)
-    if name == "llama":
+    if name in ("llama", "gpt2"):
         return torch.randint(0, LLAMA["vocab_size"], (batch, 16), generator=generator)
-    return torch.randn(batch, 3, 64, 64, generator=generator)
+    return torch.randn(batch, 3, 224 if name == "vit" else 64, 224 if name == "vit" else 64, generator=generator)

@@ -114,7 +114,7 @@ def test_slim_keeps_live_models_whole_and_ties_weights_on_reload(input_ids, tmp_
     torch.testing.assert_close(outputs(reloaded, input_ids), outputs(model, input_ids), rtol=0, atol=0)
 
 
-class ModelWithTiedProjection(nn.Module):
+class UnrecognisedHeadCount(nn.Module):
     """Attention whose head count is an attribute slim() cannot recognise (``h``): slimming must fail loudly."""
 
     def __init__(self) -> None:
@@ -135,7 +135,7 @@ class ModelWithTiedProjection(nn.Module):
 
 @pytest.mark.parametrize(
     ("model", "message"),
-    [(nn.Linear(4, 4), "example_input_array"), (ModelWithTiedProjection(), "changed the outputs")],
+    [(nn.Linear(4, 4), "example_input_array"), (UnrecognisedHeadCount(), "changed the outputs")],
 )
 def test_slim_rejects_other_models(model, message):
     with pytest.raises(ValueError, match=message):
