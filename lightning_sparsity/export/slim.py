@@ -30,7 +30,7 @@ from torch import Tensor, nn
 from transformers import AutoConfig, PretrainedConfig, PreTrainedModel
 
 from lightning_sparsity.structure import Coupling, analyze, example_input, live_units
-from lightning_sparsity.structure.analysis import call, module_kind, weight_dim, widths
+from lightning_sparsity.structure.analysis import call, module_kind, on_device, weight_dim, widths
 
 #: The config attribute (and, for a plain model, the file) holding the new sizes:
 #: ``{"modules": {path: [in, out]}, "attributes": {path: {name: value}}}``.
@@ -49,7 +49,7 @@ def slim(model: nn.Module, example: Any = None) -> nn.Module:
     ``slimmed_sizes`` otherwise), so :func:`save_slimmed` + :func:`load_slimmed` round-trip it. Raises a
     ValueError when the copy's outputs differ from the model's, naming the attention modules it resized.
     """
-    example = example_input(model) if example is None else example
+    example = on_device(example_input(model) if example is None else example, model)
     analysis = analyze(model, example)
     slimmed = copy.deepcopy(model)
     weights = dict(slimmed.named_parameters())

@@ -77,7 +77,9 @@ def structured_groups(
     analysis = analyze_parts(model)
     groups = [coupling.group for coupling in analysis.couplings if coupling.structure == unit]
     if not groups:
-        unfollowed = f"; features it could not follow: {', '.join(analysis.unfollowed[:3])}" * bool(analysis.unfollowed)
+        unfollowed = (
+            f"; features it could not follow: {', '.join(analysis.unfollowed[:3])}" if analysis.unfollowed else ""
+        )
         raise ValueError(
             f"Pruner.pattern={structure!r} prunes {_DESCRIPTIONS[unit]}, and the dependency analysis found none "
             f"that can be removed in {type(model).__name__}{unfollowed}: use a block pattern such as '1x1' or "

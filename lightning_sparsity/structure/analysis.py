@@ -147,7 +147,7 @@ def call(model: nn.Module, example: Any) -> Any:
 def analyze(model: nn.Module, example: Any = None) -> Analysis:
     """The couplings of ``model``, traced on ``example`` (default: :func:`example_input`); names are full
     module paths. Raises a ValueError naming what it could not follow when the model cannot be traced."""
-    example = example_input(model) if example is None else example
+    example = on_device(example_input(model) if example is None else example, model)
     trace = _Trace(model, example)
     order = {name: index for index, (name, _) in enumerate(model.named_modules())}
     couplings, unfollowed = [], list(trace.unfollowed)
@@ -452,6 +452,18 @@ def _reached(tensor: Tensor, owners: Mapping[int, str]) -> list[str]:
             found.append(owners[id(variable)])
         stack.extend(next_function for next_function, _ in function.next_functions)
     return sorted(set(found))
+
+
+def on_device(example: Any, model: nn.Module) -> Any:
+    """``example`` with its tensors on the device of ``model``'s first parameter."""
+    device = next((p.device for p in model.parameters()), None)
+    if device is None or isinstance(example, Tensor):
+        return example if device is None else example.to(device)
+    if isinstance(example, Mapping):
+        return {key: on_device(value, model) for key, value in example.items()}
+    if isinstance(example, tuple):
+        return tuple(on_device(value, model) for value in example)
+    return example
 
 
 def _repeated(example: Any, copies: int) -> Any:
