@@ -18,6 +18,7 @@ convs, and channels coupled by residual additions all come out of the same rule.
 
 from __future__ import annotations
 
+import math
 from collections import defaultdict
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -275,7 +276,8 @@ class _Trace:
     def _link_input(self, name: str, features: Tensor, sources: list[str]) -> None:
         axis = feature_axis(self.kinds[name])
         count = features.shape[axis]
-        copies = self.copies if features.numel() % (self.copies * count) == 0 else 1
+        tensors = [(features, axis)] + [(self.leaves[source], feature_axis(self.kinds[source])) for source in sources]
+        copies = self.copies if all(_splits(t.shape, a, self.copies) for t, a in tensors) else 1
         first = _reach_each(features, axis, [0], copies, sources, self.leaves, self.kinds)
         if any(channels.numel() for found in first[1:] for _, channels in found):
             copies = 1  # the copies of the example are not independent here: one feature per pass
@@ -419,22 +421,32 @@ def _reach_each(
     """For each copy of the example, the output features of each source that feature ``selection[copy]`` of
     ``tensor`` reads (empty for the copies past the selection): one backward pass for all of them, the
     copies being independent (the example repeated along its batch dimension)."""
-    moved = tensor.movedim(axis, -1)
-    count = moved.shape[-1]
-    select = torch.zeros(copies, 1, count, dtype=tensor.dtype, device=tensor.device)
-    select[torch.arange(len(selection)), 0, torch.tensor(list(selection))] = 1.0
-    weights = select.expand(copies, moved.numel() // (copies * count), count).reshape(moved.shape).movedim(-1, axis)
+    view = _by_copy(tensor.shape, axis, copies)
+    select = torch.zeros(copies, 1, view[2], 1, dtype=tensor.dtype, device=tensor.device)
+    select[torch.arange(len(selection)), 0, torch.tensor(list(selection)), 0] = 1.0
+    weights = select.expand(view).reshape(tensor.shape)
     grads = torch.autograd.grad(
         tensor, [leaves[name] for name in sources], weights, retain_graph=True, allow_unused=True
     )
     found: list[list[tuple[str, Tensor]]] = [[] for _ in range(copies)]
     for name, grad in zip(sources, grads, strict=True):
         if grad is not None:
-            per_copy = grad.abs().movedim(feature_axis(kinds[name]), -1)
-            reached = (per_copy.reshape(copies, -1, per_copy.shape[-1]).sum(dim=1) > 0).cpu()
+            per_copy = grad.reshape(_by_copy(grad.shape, feature_axis(kinds[name]), copies))
+            reached = (torch.linalg.vector_norm(per_copy, ord=1, dim=(1, 3)) > 0).cpu()  # one pass, no temporary
             for copy_index in range(copies):
                 found[copy_index].append((name, reached[copy_index].nonzero()[:, 0]))
     return found
+
+
+def _by_copy(shape: torch.Size, axis: int, copies: int) -> tuple[int, int, int, int]:
+    """``(copies, rows per copy, features, trailing)``: a view of a tensor of ``shape``, features on ``axis``, by
+    copy of the example (rows are copy-major: the copies are stacked along the first dimension)."""
+    axis %= len(shape)
+    return copies, math.prod(shape[:axis]) // copies, shape[axis], math.prod(shape[axis + 1 :])
+
+
+def _splits(shape: torch.Size, axis: int, copies: int) -> bool:
+    return math.prod(shape[: axis % len(shape)]) % copies == 0
 
 
 def _reached(tensor: Tensor, owners: Mapping[int, str]) -> list[str]:
