@@ -36,7 +36,7 @@ Side = Literal["in", "out", "both"]
 Unit = Literal["head", "neuron"]
 CHANNELWISE: tuple[Kind, ...] = ("depthwise", "norm")  # output feature i reads input feature i only
 EXAMPLE_SEQUENCE = 8  # tokens per example sequence (fewer if the model has fewer positions)
-EXAMPLE_BATCH = 2
+EXAMPLE_BATCH = 1  # random values at the cut: one sequence or image shows every dependency
 COPIES = 32  # copies of the example traced at once: features whose dependencies one backward pass finds
 
 
