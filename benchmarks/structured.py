@@ -7,6 +7,7 @@
   grouped-query attention it removes query heads within groups and keeps every key/value head.
 - ``gpt2`` (``Conv1D``, fused query/key/value) and ``vit`` (ViT-S/16-like, 6 layers, 224^2 images): ours only,
   half the heads and half the FFN neurons of every layer.
+- ``mobilenet_v2`` (torchvision's layout, width 1.0): ours only, half the channels of every group.
 - ``resnet50``: ResNet-50-shaped, half the channels of every group (ours: every coupling the analysis finds, the
   residual streams included; Torch-Pruning: ``pruning_ratio=0.5``), the classifier's outputs kept.
 
@@ -84,7 +85,7 @@ def macs(model: torch.nn.Module, inputs: torch.Tensor) -> int:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", choices=["llama", "gpt2", "vit", "resnet50"], default="llama")
+    parser.add_argument("--model", choices=["llama", "gpt2", "vit", "resnet50", "mobilenet_v2"], default="llama")
     parser.add_argument("--rounds", type=int, default=7)
     parser.add_argument("--tp-python", default=TP_PYTHON, help="Torch-Pruning's python ('' skips; llama, resnet50)")
     args = parser.parse_args()

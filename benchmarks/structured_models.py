@@ -81,8 +81,62 @@ class ResNet50(nn.Module):
         return self.fc(torch.flatten(self.avgpool(x), 1))
 
 
+class InvertedResidual(nn.Module):
+    """torchvision's MobileNetV2 block: 1x1 expansion, 3x3 depthwise, 1x1 linear bottleneck, residual if it fits."""
+
+    def __init__(self, inp: int, oup: int, stride: int, expand_ratio: int) -> None:
+        super().__init__()
+        hidden = inp * expand_ratio
+        self.use_res_connect = stride == 1 and inp == oup
+        layers: list[nn.Module] = []
+        if expand_ratio != 1:
+            layers += [nn.Conv2d(inp, hidden, 1, bias=False), nn.BatchNorm2d(hidden), nn.ReLU6(inplace=True)]
+        layers += [
+            nn.Conv2d(hidden, hidden, 3, stride, 1, groups=hidden, bias=False),
+            nn.BatchNorm2d(hidden),
+            nn.ReLU6(inplace=True),
+            nn.Conv2d(hidden, oup, 1, bias=False),
+            nn.BatchNorm2d(oup),
+        ]
+        self.conv = nn.Sequential(*layers)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.conv(x) if self.use_res_connect else self.conv(x)
+
+
+class MobileNetV2(nn.Module):
+    """torchvision's MobileNetV2 (width 1.0): stem 32, seven inverted-residual stages, 1x1 head conv 1280."""
+
+    SETTINGS = [
+        (1, 16, 1, 1),
+        (6, 24, 2, 2),
+        (6, 32, 3, 2),
+        (6, 64, 4, 2),
+        (6, 96, 3, 1),
+        (6, 160, 3, 2),
+        (6, 320, 1, 1),
+    ]
+
+    def __init__(self, num_classes: int = 1000) -> None:
+        super().__init__()
+        layers: list[nn.Module] = [nn.Conv2d(3, 32, 3, 2, 1, bias=False), nn.BatchNorm2d(32), nn.ReLU6(inplace=True)]
+        channels = 32
+        for expansion, out, repeats, stride in self.SETTINGS:
+            for index in range(repeats):
+                layers.append(InvertedResidual(channels, out, stride if index == 0 else 1, expansion))
+                channels = out
+        layers += [nn.Conv2d(channels, 1280, 1, bias=False), nn.BatchNorm2d(1280), nn.ReLU6(inplace=True)]
+        self.features = nn.Sequential(*layers)
+        self.classifier = nn.Sequential(nn.Dropout(0.2), nn.Linear(1280, num_classes))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = nn.functional.adaptive_avg_pool2d(self.features(x), 1)
+        return self.classifier(torch.flatten(x, 1))
+
+
 def build(name: str) -> nn.Module:
-    """The random-init model ``llama``, ``gpt2``, ``vit`` or ``resnet50``, the same in both environments (seed 0)."""
+    """The random-init ``llama``, ``gpt2``, ``vit``, ``resnet50`` or ``mobilenet_v2``, the same in both
+    environments (seed 0)."""
     torch.manual_seed(0)
     if name == "llama":
         return LlamaForCausalLM(LlamaConfig(**LLAMA))
@@ -90,7 +144,7 @@ def build(name: str) -> nn.Module:
         return GPT2LMHeadModel(GPT2Config(**GPT2))
     if name == "vit":
         return ViTForImageClassification(ViTConfig(**VIT))
-    model = ResNet50()
+    model = ResNet50() if name == "resnet50" else MobileNetV2()
     with torch.no_grad():  # BatchNorm as if trained: scales that differ per channel
         for module in model.modules():
             if isinstance(module, nn.BatchNorm2d):
