@@ -36,7 +36,7 @@ from lightning_sparsity.export import load_sparse, save_sparse, slim
 from lightning_sparsity.functional import magnitude_scores, pattern_masks
 from lightning_sparsity.functional.patterns import Blocks
 from lightning_sparsity.layers import prunable_weights
-from lightning_sparsity.structure import structured_masks, transformer_layers
+from lightning_sparsity.structure import UNITS, analyze, structured_masks
 
 SPARSITY = 0.9
 CHECKPOINT_SETUP = (
@@ -107,7 +107,7 @@ def structured_model() -> BertModel:
     model = BertModel(bert_config("minilm")).eval()
     weights = dict(model.named_parameters())
     for structure, sparsity in (("head", HEADS_PRUNED), ("channel", NEURONS_PRUNED)):
-        groups = [layer.group(model, structure) for layer in transformer_layers(model)]
+        groups = [c.group for c in analyze(model).couplings if c.structure == UNITS[structure]]
         scores = {name: magnitude_scores(weights[name]) for group in groups for name in group.names}
         for name, mask in structured_masks(groups, scores, sparsity).items():
             weights[name].masked_fill_(~mask, 0.0)
@@ -130,8 +130,20 @@ def inference_figures(rounds: int, batch: int, seq: int) -> dict[str, object]:
         "outputs_close": bool(torch.allclose(expected, actual, rtol=1e-4, atol=1e-5)),
         "dense_parameters": sum(p.numel() for p in dense.parameters()),
         "slim_parameters": sum(p.numel() for p in slimmed.parameters()),
-        "slimmed_layers": slimmed.config.slimmed_layers,
+        "slimmed_layers": kept_sizes(slimmed),
     }
+
+
+def kept_sizes(model: torch.nn.Module) -> list[dict[str, int]]:
+    """Heads and FFN neurons each layer of a slimmed BERT keeps."""
+    layers = model.get_submodule("bert.encoder" if hasattr(model, "bert") else "encoder").layer
+    return [
+        {
+            "num_heads": block.attention.self.num_attention_heads,
+            "intermediate_size": block.intermediate.dense.out_features,
+        }
+        for block in layers
+    ]
 
 
 def dense_versus_slim(dense: Callable[[], object], slimmed: Callable[[], object], rounds: int) -> dict[str, object]:
@@ -201,7 +213,7 @@ def sst2_figures(rounds: int, dense_steps: int, prune_steps: int, recovery_steps
         "slim_accuracy": slim_accuracy,
         "accuracy_change_points": 100 * (slim_accuracy - dense_accuracy),
         "steps": {"dense": dense_steps, "prune_ramp": prune_steps, "recovery": recovery_steps},
-        "slimmed_layers": slimmed.config.slimmed_layers,
+        "slimmed_layers": kept_sizes(slimmed),
         **dense_versus_slim(lambda: run(dense), lambda: run(slimmed), rounds),
     }
 

@@ -40,8 +40,10 @@ class Pruner:
         step_range: inclusive ``[first, last]`` optimizer steps of the ramp; replaces ``epoch_range``.
         method: ``per_tensor`` or ``per_channel`` (every output row reaches the ratio).
         pattern: ``"1x1"``, ``"NxM"`` blocks (N output rows by M input columns), ``"N:M"``, or the structured
-            ``"head"`` (whole attention heads) and ``"channel"`` (whole FFN neurons) of BERT-family models,
-            where the target is the fraction of heads or neurons pruned and empty ``names`` select them all.
+            ``"head"`` (whole attention heads; under grouped-query attention, a key/value head with its query
+            heads) and ``"neuron"`` (whole FFN neurons and conv channels; ``"channel"`` is its old name), found
+            in any model by a dependency analysis, where the target is the fraction of heads or neurons pruned
+            and empty ``names`` select them all.
         schedule: ``linear``, ``exp``, ``cos``, ``cubic`` (fast start) or ``cube`` (slow start) growth over the ramp.
         scope: ``local`` (each tensor reaches the ratio) or ``global`` (one threshold for all).
         names: regular expressions full-matched against parameter names or their dotted suffixes;

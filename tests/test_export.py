@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import torch
 from helpers import tiny_bert_config
@@ -14,8 +16,6 @@ from transformers import (
     BertForSequenceClassification,
     DistilBertConfig,
     DistilBertModel,
-    GPT2Config,
-    GPT2Model,
     RobertaConfig,
     RobertaForSequenceClassification,
 )
@@ -36,7 +36,7 @@ from lightning_sparsity.export import (
 )
 from lightning_sparsity.functional.bits import pack_bits, unpack_bits
 from lightning_sparsity.sparsifier import Sparsifier
-from lightning_sparsity.structure import transformer_layers
+from lightning_sparsity.structure import analyze, unit_masks
 
 # (heads, neurons) to kill per layer: layer 1 loses every head, so slim() must keep one.
 DEAD = [([0, 2], list(range(0, 64, 3))), ([0, 1, 2, 3], list(range(40)))]
@@ -54,14 +54,17 @@ def tiny_models() -> list[nn.Module]:
 
 
 def kill_units(model: nn.Module) -> None:
-    """Zeroes the output-projection columns of the DEAD heads and neurons (what head/channel pruning leaves)."""
+    """Zeroes the output-projection columns of the DEAD heads and neurons (what head/neuron pruning leaves)."""
+    couplings = analyze(model).couplings
+    assert [c.structure for c in couplings] == ["head", "neuron"] * 2
     with torch.no_grad():
-        for layer, (heads, neurons) in zip(transformer_layers(model), DEAD, strict=True):
-            for structure, units in (("head", heads), ("channel", neurons)):
-                group = layer.group(model, structure)
-                for name in group.columns:
-                    weight = model.get_parameter(name).view(-1, group.units, group.unit_size)
-                    weight[:, units] = 0.0
+        for coupling, units in zip(couplings, [units for layer in DEAD for units in layer], strict=True):
+            group = coupling.group
+            keep = torch.ones(group.units, dtype=torch.bool)
+            keep[units] = False
+            shapes = {name: model.get_parameter(name).shape for name in group.columns}
+            for name, mask in unit_masks(dataclasses.replace(group, rows=()), keep, shapes).items():
+                model.get_parameter(name).mul_(mask)
 
 
 def outputs(model: nn.Module, input_ids: torch.Tensor) -> torch.Tensor:
@@ -80,13 +83,12 @@ def input_ids() -> torch.Tensor:
 def test_slim_removes_dead_heads_and_neurons_with_the_same_outputs(model, input_ids, tmp_path):
     kill_units(model.eval())
     expected = outputs(model, input_ids)
+    couplings = analyze(model).couplings
     slimmed = slim(model)
     assert type(slimmed) is type(model)
-    assert slimmed.config.slimmed_layers == [
-        {"num_heads": 2, "intermediate_size": 64 - 22},
-        {"num_heads": 1, "intermediate_size": 24},
-    ]
-    first = transformer_layers(slimmed)[0].group(slimmed, "head")
+    kept = [slimmed.get_parameter(c.group.rows[0]).shape[0] // c.group.unit_size for c in couplings]
+    assert kept == [2, 64 - 22, 1, 24]  # heads, neurons of each layer
+    first = couplings[0].group
     assert slimmed.get_parameter(first.rows[0]).shape == (16, 32)  # 2 heads of 8
     assert sum(p.numel() for p in slimmed.parameters()) < sum(p.numel() for p in model.parameters())
     torch.testing.assert_close(outputs(slimmed, input_ids), expected, rtol=1e-5, atol=1e-6)
@@ -95,7 +97,7 @@ def test_slim_removes_dead_heads_and_neurons_with_the_same_outputs(model, input_
     save_slimmed(model, tmp_path)
     reloaded = load_slimmed(tmp_path)
     assert type(reloaded) is type(model) and not reloaded.training
-    assert reloaded.config.slimmed_layers == slimmed.config.slimmed_layers
+    assert reloaded.config.slimmed == slimmed.config.slimmed
     assert all(torch.equal(t, reloaded.state_dict()[k]) for k, t in slimmed.state_dict().items())
     torch.testing.assert_close(outputs(reloaded, input_ids), expected, rtol=1e-5, atol=1e-6)
 
@@ -104,7 +106,7 @@ def test_slim_keeps_live_models_whole_and_ties_weights_on_reload(input_ids, tmp_
     torch.manual_seed(0)
     model = BertForMaskedLM(tiny_bert_config()).eval()
     slimmed = slim(model)
-    assert slimmed.config.slimmed_layers == [{"num_heads": 4, "intermediate_size": 64}] * 2
+    assert slimmed.config.slimmed == {"modules": {}, "attributes": {}}
     torch.testing.assert_close(outputs(slimmed, input_ids), outputs(model, input_ids), rtol=0, atol=0)
     save_slimmed(model, tmp_path)
     reloaded = load_slimmed(tmp_path)
@@ -112,9 +114,28 @@ def test_slim_keeps_live_models_whole_and_ties_weights_on_reload(input_ids, tmp_
     torch.testing.assert_close(outputs(reloaded, input_ids), outputs(model, input_ids), rtol=0, atol=0)
 
 
+class UnrecognisedHeadCount(nn.Module):
+    """Attention whose head count is an attribute slim() cannot recognise (``h``): slimming must fail loudly."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.h = 4
+        self.qkv = nn.ModuleList(nn.Linear(16, 16) for _ in range(3))
+        self.out = nn.Linear(16, 16)
+        with torch.no_grad():
+            self.out.weight[:, :8] = 0.0  # two dead heads of 4
+        self.example_input_array = torch.randn(2, 5, 16)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        q, k, v = (p(x).view(*x.shape[:2], self.h, -1).transpose(1, 2) for p in self.qkv)
+        mixed = torch.softmax(q @ k.transpose(-1, -2), dim=-1) @ v
+        return self.out(mixed.transpose(1, 2).reshape(*x.shape[:2], -1))
+
+
 @pytest.mark.parametrize(
     ("model", "message"),
-    [(nn.Linear(4, 4), "PreTrainedModel"), (GPT2Model(GPT2Config(n_layer=1, n_embd=32, n_head=2)), "BERT-family")],
+    [(nn.Linear(4, 4), "example_input_array"), (UnrecognisedHeadCount(), "changed the outputs")],
 )
 def test_slim_rejects_other_models(model, message):
     with pytest.raises(ValueError, match=message):

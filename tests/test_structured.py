@@ -1,4 +1,5 @@
-"""The ``head`` and ``channel`` patterns: structure discovery, unit scoring, and targets reached in training."""
+"""The ``head`` and ``neuron``/``channel`` patterns on BERT-family models: structure discovery, unit scoring,
+targets reached in training, and failures before training (other families: test_structured_families.py)."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from transformers import DistilBertConfig, DistilBertModel
 
 from lightning_sparsity import Pruner, PruningCallback
 from lightning_sparsity.export import slim
-from lightning_sparsity.structure import StructuredGroup, structured_masks, transformer_layers, unit_scores
+from lightning_sparsity.structure import StructuredGroup, analyze, structured_masks, unit_scores
 
 
 def dead_heads(module: TinyBert, layer: int) -> list[int]:
@@ -49,21 +50,20 @@ def test_structured_patterns_parse_and_reject_unsuitable_settings():
         Pruner(pattern="heads")
 
 
-def test_layers_are_found_in_bert_and_distilbert():
-    bert_layers = transformer_layers(TinyBert())
-    assert [layer.name for layer in bert_layers] == ["model.bert.encoder.layer.0", "model.bert.encoder.layer.1"]
-    head = bert_layers[0].group(TinyBert(), "head")
-    assert head.rows[0] == "model.bert.encoder.layer.0.attention.self.query.weight"
-    assert head.columns == ("model.bert.encoder.layer.0.attention.output.dense.weight",)
-    assert (head.units, head.unit_size) == (4, 8)
+def test_heads_and_neurons_are_found_in_bert_and_distilbert():
+    couplings = analyze(TinyBert().model).couplings  # the classifier and its pooler (the task head) stay whole
+    assert [(c.structure, c.units) for c in couplings] == [("head", 4), ("neuron", 64)] * 2
+    head = couplings[0].group
+    layer = "bert.encoder.layer.0.attention"
+    assert head.rows == tuple(f"{layer}.self.{p}.weight" for p in ("query", "key", "value"))
+    assert head.columns == (f"{layer}.output.dense.weight",) and (head.units, head.unit_size) == (4, 8)
     distil = DistilBertModel(DistilBertConfig(vocab_size=64, dim=32, n_layers=3, n_heads=2, hidden_dim=48))
-    layers = transformer_layers(distil)
-    assert len(layers) == 3
-    channel = layers[2].group(distil, "channel")
-    assert channel == StructuredGroup(
+    couplings = analyze(distil).couplings
+    assert len(couplings) == 6
+    assert couplings[5].group == StructuredGroup(
         ("transformer.layer.2.ffn.lin1.weight",), ("transformer.layer.2.ffn.lin2.weight",), 48, 1
     )
-    assert layers[0].group(distil, "head").unit_size == 16
+    assert couplings[0].group.unit_size == 16
 
 
 def test_a_unit_is_scored_over_all_its_rows_and_columns():
@@ -107,8 +107,10 @@ def test_head_and_channel_patterns_reach_their_targets_in_training():
     slimmed = slim(module.model)
     ids = toy_loader().dataset.tensors[0][:8]
     torch.testing.assert_close(slimmed(input_ids=ids).logits, module.model(input_ids=ids).logits)
-    total = sum(size["intermediate_size"] for size in slimmed.config.slimmed_layers)
-    assert [size["num_heads"] for size in slimmed.config.slimmed_layers] == [2, 2] and total == 32
+    layers = slimmed.bert.encoder.layer
+    assert [layer.attention.self.num_attention_heads for layer in layers] == [2, 2]
+    assert [layer.attention.self.query.out_features for layer in layers] == [16, 16]
+    assert sum(layer.intermediate.dense.out_features for layer in layers) == 32
 
 
 def test_gradient_scored_heads_reach_the_target_by_steps():
@@ -143,7 +145,10 @@ def test_default_names_prune_every_layer_of_distilbert_even_the_last_linear():
     for layer in module.model.transformer.layer:
         rows = (layer.ffn.lin1.weight == 0).all(dim=1)
         assert torch.equal(rows, (layer.ffn.lin2.weight == 0).all(dim=0)) and int(rows.sum()) == 32
-    assert slim(module.model).config.slimmed_layers == [{"num_heads": 4, "intermediate_size": 32}] * 2
+    slimmed = slim(module.model)
+    assert [(layer.attention.n_heads, layer.ffn.lin1.out_features) for layer in slimmed.transformer.layer] == [
+        (4, 32)
+    ] * 2
 
 
 class PlainMLP(pl.LightningModule):
@@ -159,10 +164,31 @@ class PlainMLP(pl.LightningModule):
         return torch.optim.SGD(self.parameters(), lr=0.1)
 
 
+class PlainMLPWithExample(PlainMLP):
+    """Two Linears: their 16 features are neurons, and there is no attention."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.example_input_array = torch.zeros(2, 8, dtype=torch.long)
+
+    def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
+        return self.net(input_ids)
+
+
+def test_neurons_of_any_model_with_an_example_input_are_pruned():
+    module = PlainMLPWithExample()
+    callback = PruningCallback(pruners=[Pruner(pattern="neuron", target_sparsity_ratio=0.25, epoch_range=[0, 0])])
+    make_trainer(max_epochs=1, callbacks=[callback]).fit(module, toy_loader(size=16))
+    first, second = module.net[2].weight, module.net[3].weight
+    dead = (second == 0).all(dim=0)
+    assert int(dead.sum()) == 4 and torch.equal((first == 0).all(dim=1), dead)
+
+
 @pytest.mark.parametrize(
     ("module", "pruner", "message"),
     [
-        (PlainMLP, Pruner(pattern="head"), "BERT-family"),
+        (PlainMLP, Pruner(pattern="head"), "set its example_input_array"),
+        (PlainMLPWithExample, Pruner(pattern="head"), "prunes attention heads, and the dependency analysis found none"),
         (TinyBert, Pruner(pattern="head", names=[r".*query\.weight"]), "no complete head group"),
         (TinyBert, Pruner(pattern="channel", names=[r".*dense\.weight"]), "not part of a complete channel group"),
     ],

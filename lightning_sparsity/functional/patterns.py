@@ -9,8 +9,9 @@ folded into the input dimension). Patterns:
   ``"1xchannel"`` prunes whole output rows and ``"channelx1"`` whole input columns (INC's forms);
 - ``"N:M"``: N zeros in every M consecutive weights along the input dimension, e.g. ``"2:4"``; a
   target below N/M prunes the lowest-scored of each group's N candidates;
-- ``"head"`` / ``"channel"``: whole attention heads / FFN neurons across several weights, see
-  :mod:`lightning_sparsity.structure` (the masks are made there, from the model's structure).
+- ``"head"`` / ``"neuron"``: whole attention heads / neurons (FFN neurons, conv channels) across several
+  weights, found in the model by :mod:`lightning_sparsity.structure` (the masks are made there);
+  ``"channel"`` is the old name of ``"neuron"``.
 """
 
 from __future__ import annotations
@@ -30,12 +31,13 @@ Method = Literal["per_tensor", "per_channel"]
 Scope = Literal["local", "global"]
 METHODS: tuple[str, ...] = get_args(Method)
 SCOPES: tuple[str, ...] = get_args(Scope)
-STRUCTURED_PATTERNS = ("head", "channel")
+STRUCTURED_PATTERNS = ("head", "neuron", "channel")
 PATTERN_FORMS = (
     '"1x1"',
     '"NxM" blocks such as "4x1" (a side may be "channel", as in "1xchannel")',
     '"N:M" such as "2:4"',
     '"head"',
+    '"neuron"',
     '"channel"',
 )
 
@@ -44,7 +46,7 @@ PATTERN_EXAMPLES = {
     "unstructured": 'pattern="1x1"',
     "blocks": 'a block pattern "NxM" ("1x1" included)',
     "n_of_m": 'an "N:M" pattern',
-    "structured": '"head" or "channel"',
+    "structured": '"head" or "neuron"',
 }
 
 _BLOCK = re.compile(r"(\d+|channel)x(\d+|channel)")
@@ -162,7 +164,7 @@ class Structured(Pattern):
 
 
 def parse_pattern(pattern: str) -> Pattern:
-    """Parses ``"1x1"``, ``"NxM"``, ``"N:M"``, ``"head"`` or ``"channel"``; anything else is a ValueError."""
+    """Parses ``"1x1"``, ``"NxM"``, ``"N:M"``, ``"head"``, ``"neuron"`` or ``"channel"``; else a ValueError."""
     if pattern in STRUCTURED_PATTERNS:
         return Structured(structure=pattern)
     if isinstance(pattern, str):
