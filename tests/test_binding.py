@@ -203,3 +203,40 @@ def test_transposed_convolutions_rank_output_channels() -> None:
     assert mask.shape == layer.weight.shape
     per_output_channel = (~mask).transpose(0, 1).reshape(6, -1).sum(dim=1)
     assert per_output_channel.tolist() == [8] * 6  # half of each output channel's 4 x 2 x 2 weights
+
+
+class TinyGPT2(pl.LightningModule):
+    """GPT-2's projections are transformers' Conv1D: weights stored ``in x out``."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        from transformers import GPT2Config, GPT2LMHeadModel
+
+        torch.manual_seed(0)
+        self.model = GPT2LMHeadModel(GPT2Config(vocab_size=VOCAB, n_positions=SEQ, n_embd=32, n_layer=2, n_head=4))
+
+    def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
+        return self.model(input_ids=batch[0], labels=batch[0]).loss
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        return torch.optim.AdamW(self.parameters(), lr=1e-3)
+
+
+@pytest.mark.parametrize(("pattern", "target"), [("1x1", 0.7), ("4x1", 0.5), ("2:4", 0.5), ("1xchannel", 0.5)])
+def test_conv1d_weights_prune_as_the_out_x_in_matrix_they_compute_with(pattern: str, target: float) -> None:
+    module = TinyGPT2()
+    pruning = PruningCallback([Pruner(pattern=pattern, target_sparsity_ratio=target, step_range=[0, 2])])
+    make_trainer(max_steps=3, callbacks=[pruning]).fit(module, toy_loader())
+    (sparsifier,) = pruning.sparsifiers
+    assert any(name.endswith("c_attn.weight") for name in sparsifier.weights)  # Conv1D weights are selected
+    for name, mask in sparsifier.masks.items():
+        matrix = (~mask).t()  # out_features x in_features
+        assert int(matrix.sum()) == round(target * matrix.numel()), name
+        if pattern == "2:4":  # two zeros in every four consecutive inputs of each output
+            assert bool((matrix.reshape(matrix.shape[0], -1, 4).sum(-1) == 2).all()), name
+        if pattern == "4x1":  # blocks of four outputs for one input
+            blocks = matrix.reshape(matrix.shape[0] // 4, 4, -1)
+            assert bool((blocks.all(1) | ~blocks.any(1)).all()), name
+        if pattern == "1xchannel":  # whole outputs
+            assert bool((matrix.all(1) | ~matrix.any(1)).all()), name
+        assert not module.get_parameter(name)[~mask].any()
