@@ -1,6 +1,8 @@
 """lightning-sparsity: pruning for PyTorch Lightning, exact, resumable and fast."""
 
 from lightning_sparsity.callback import PruningCallback
+from lightning_sparsity.compat.classic import OptimizedModel, PrunerConfig, PruningMode, Provider
+from lightning_sparsity.compat.no_trainer import NoTrainerOptimizer
 from lightning_sparsity.config import PruningConfig
 from lightning_sparsity.metrics import Metric
 from lightning_sparsity.pruner import Pruner
@@ -13,9 +15,14 @@ __all__ = [
     "LayerSparsity",
     "Metric",
     "NLPTrainer",
+    "NoTrainerOptimizer",
+    "OptimizedModel",
     "Pruner",
+    "PrunerConfig",
     "PruningCallback",
     "PruningConfig",
+    "PruningMode",
+    "Provider",
     "SparsityReport",
     "__version__",
 ]
