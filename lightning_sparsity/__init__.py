@@ -1,7 +1,7 @@
 """lightning-sparsity: pruning for PyTorch Lightning, exact, resumable and fast."""
 
 from lightning_sparsity.callback import PruningCallback
-from lightning_sparsity.compat.classic import OptimizedModel, PrunerConfig, PruningMode, Provider
+from lightning_sparsity.compat.classic import OptimizedModel, Provider, PrunerConfig, PruningMode
 from lightning_sparsity.compat.no_trainer import NoTrainerOptimizer
 from lightning_sparsity.config import PruningConfig
 from lightning_sparsity.metrics import Metric
