@@ -3,8 +3,11 @@
 VENV ?= .venv
 PYTHON := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
+# the second environment: the transformers 4.x line (the package says transformers>=4.40), for the classic API
+VENV4 ?= .venv-transformers4
+CLASSIC_TESTS := tests/test_classic_clients.py tests/test_classic_clients_script.py tests/test_trainer.py tests/test_config.py
 
-.PHONY: setup demo test lint docs bench
+.PHONY: setup demo test test-transformers4 lint docs bench
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(PYTHON) || python3 -m venv $(VENV)
@@ -19,6 +22,16 @@ demo: setup
 
 test: setup
 	$(PYTHON) -m pytest -q
+
+$(VENV4)/.installed: pyproject.toml constraints.txt
+	test -x $(VENV4)/bin/python || python3 -m venv $(VENV4)
+	$(VENV4)/bin/python -m pip install --quiet --constraint constraints.txt "transformers>=4.57,<5" "datasets>=2.16,<4" \
+		--editable ".[dev]"
+	touch $@
+
+# the classic API (NLPTrainer, PruningConfig, the GLUE script) on transformers 4.x; `make test` runs it on 5
+test-transformers4: $(VENV4)/.installed
+	$(VENV4)/bin/python -m pytest -q $(CLASSIC_TESTS)
 
 lint: setup
 	$(VENV)/bin/ruff check lightning_sparsity tests benchmarks examples

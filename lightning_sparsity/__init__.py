@@ -1,7 +1,13 @@
 """lightning-sparsity: pruning for PyTorch Lightning, exact, resumable and fast."""
 
 from lightning_sparsity.callback import PruningCallback
-from lightning_sparsity.compat.classic import OptimizedModel, Provider, PrunerConfig, PruningMode
+from lightning_sparsity.compat.classic import (
+    SUPPORTED_PRUNING_MODE,
+    OptimizedModel,
+    Provider,
+    PrunerConfig,
+    PruningMode,
+)
 from lightning_sparsity.compat.no_trainer import NoTrainerOptimizer
 from lightning_sparsity.config import PruningConfig
 from lightning_sparsity.metrics import Metric
@@ -12,6 +18,7 @@ from lightning_sparsity.trainer import NLPTrainer
 __version__ = "0.1.0"
 
 __all__ = [
+    "SUPPORTED_PRUNING_MODE",
     "LayerSparsity",
     "Metric",
     "NLPTrainer",

@@ -11,7 +11,7 @@ import lightning.pytorch as pl
 import numpy as np
 import pytest
 import torch
-from fixtures.tiny_text import save_tiny_model
+from fixtures.tiny_text import TRANSFORMERS_5, save_tiny_model
 from helpers import TinyBert, tiny_bert_config, toy_dataset, toy_loader
 from transformers import BertForSequenceClassification, Trainer, TrainerCallback, TrainingArguments
 
@@ -100,7 +100,8 @@ def test_optimizer_steps_match_transformers(tmp_path, accumulation, epochs, max_
 
 
 def test_optimizer_and_schedule_match_transformers(tmp_path):
-    args = training_args(tmp_path, lr_scheduler_type="cosine", warmup_steps=0.2, weight_decay=0.05, adam_beta2=0.98)
+    warmup = {"warmup_steps": 0.2} if TRANSFORMERS_5 else {"warmup_ratio": 0.2}  # 4.x: a fraction is a ratio
+    args = training_args(tmp_path, lr_scheduler_type="cosine", weight_decay=0.05, adam_beta2=0.98, **warmup)
     model = tiny_model()
     reference = Trainer(model=model, args=args)
     reference.create_optimizer_and_scheduler(num_training_steps=10)

@@ -31,6 +31,10 @@ class PruningMode(enum.Enum):
     GROUPLASSO = "GroupLasso"
 
 
+#: The old toolkit's set of supported mode names (``PruningMode`` member names).
+SUPPORTED_PRUNING_MODE: frozenset[str] = frozenset(PruningMode.__members__)
+
+
 class Provider(enum.Enum):
     """Who carries out the pruning: ``"inc"`` (here: the native engine, which runs INC's pruning types)."""
 
@@ -103,4 +107,12 @@ def with_classic_answers(model: Any, report: SparsityReport) -> Any:
     return model
 
 
-__all__ = ["OptimizedModel", "PrunerConfig", "PruningMode", "Provider", "check_provider", "with_classic_answers"]
+__all__ = [
+    "SUPPORTED_PRUNING_MODE",
+    "OptimizedModel",
+    "PrunerConfig",
+    "PruningMode",
+    "Provider",
+    "check_provider",
+    "with_classic_answers",
+]
