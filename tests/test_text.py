@@ -53,6 +53,18 @@ def test_tsv_is_read_verbatim_with_its_byte_order_mark_dropped(tmp_path: Path) -
     assert read_rows(path) == ROWS
 
 
+@pytest.mark.parametrize("suffix", [".json", ".jsonl"])
+def test_json_lines_or_a_list_whatever_the_json_suffix(tmp_path: Path, suffix: str) -> None:
+    lines, listed = tmp_path / f"lines{suffix}", tmp_path / f"list{suffix}"
+    lines.write_text("\n".join(json.dumps(row) for row in ROWS) + "\n")  # what datasets' to_json writes
+    listed.write_text(json.dumps(ROWS))
+    assert read_rows(lines) == read_rows(listed) == ROWS
+    broken = tmp_path / f"broken{suffix}"
+    broken.write_text(json.dumps(ROWS[0]) + "\n{not json\n")
+    with pytest.raises(ValueError, match=r"line 2 is not JSON .*one object a line \(JSON lines\)"):
+        read_rows(broken)
+
+
 @pytest.mark.parametrize("suffix", [".csv", ".json", ".jsonl"])
 def test_csv_json_and_jsonl_give_the_same_rows(tmp_path: Path, suffix: str) -> None:
     path = tmp_path / f"data{suffix}"
@@ -120,7 +132,8 @@ def test_fit_prunes_saves_label_names_and_exports(tiny_model: Path, tmp_path: Pa
     data = pair_data()  # the tokenizer comes from the module's model folder
     trainer.fit(module, data)
     assert data.tokenizer.vocab_size == AutoTokenizer.from_pretrained(tiny_model).vocab_size
-    assert {"train_loss", "train_acc_epoch", "val_loss", "val_acc", "val_f1", "val_mcc"} <= set(trainer.callback_metrics)
+    logged = set(trainer.callback_metrics)
+    assert {"train_loss", "train_acc_epoch", "val_loss", "val_acc", "val_f1", "val_mcc"} <= logged
     assert trainer.test(module, data, verbose=False)[0]["test_acc"] >= 0
 
     exported = AutoModelForSequenceClassification.from_pretrained(export)
