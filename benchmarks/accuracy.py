@@ -261,7 +261,10 @@ def main() -> None:
     if INC_PYTHON.exists():
         systems.append(INC)
     else:
-        print(f"{INC} skipped: no virtual environment at {INC_PYTHON.parent.parent}")
+        print(
+            f"{INC} skipped: no virtual environment at {INC_PYTHON.parent.parent}; set INC_VENV to the folder of a "
+            "venv with neural-compressor installed to run it"
+        )
     configurations = [("dense", 0.0)] + [(system, s) for s in SPARSITIES for system in systems]
     resume = args.full and not args.fresh
     with ProcessPoolExecutor(args.workers, mp_context=multiprocessing.get_context("spawn")) as pool:

@@ -251,7 +251,7 @@ def test_glue_example_prunes_a_local_tsv_slice(tmp_path, monkeypatch):
     example = importlib.util.module_from_spec(spec)
     monkeypatch.setitem(sys.modules, "glue_pruning", example)  # its dataclasses resolve their module
     spec.loader.exec_module(example)
-    data = root / "examples" / "data" / "sst2"
+    data = root / "lightning_sparsity" / "data" / "sst2"
     trainer = example.main(
         [
             f"--model_name_or_path={save_tiny_model(tmp_path / 'model')}",
