@@ -303,7 +303,7 @@ class NLPTrainer:
 
     def init_pruner(self, pruning_config: Optional[PruningConfig] = None, provider: str = "inc") -> PruningConfig:
         """Checks and keeps the pruning configuration for the next ``prune()`` (the old toolkit's two-step use);
-        ramps are fitted to this run or refused here, before any training."""
+        its ramps are fitted to the run, or refused, when ``prune()`` starts, before any training."""
         check_provider(provider)
         config = pruning_config if pruning_config is not None else PruningConfig()
         if not isinstance(config, PruningConfig):
