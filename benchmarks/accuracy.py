@@ -351,7 +351,10 @@ def main() -> None:
     if INC_PYTHON.exists():
         systems.append(INC)
     else:
-        print(f"{INC} skipped: no virtual environment at {INC_PYTHON.parent.parent}")
+        print(
+            f"{INC} skipped: no virtual environment at {INC_PYTHON.parent.parent}; set INC_VENV to the folder of a "
+            "venv with neural-compressor installed to run it"
+        )
     unknown = sorted(set(args.systems or []) - set(systems))
     if unknown:
         parser.error(f"--systems {unknown} not among {systems}")

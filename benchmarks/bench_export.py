@@ -11,7 +11,7 @@
    ``torch.inference_mode``; the two run interleaved, round after round, and the speed-up is the median of
    the rounds' ratios of process CPU seconds (1 torch thread by default: robust to load on a shared
    machine); wall-clock ratios are reported beside them.
-3. With ``--sst2``: the embedded all-MiniLM-L6-v2 fine-tuned on the SST-2 slice of ``examples/data/sst2``
+3. With ``--sst2``: the embedded all-MiniLM-L6-v2 fine-tuned on the SST-2 slice of ``lightning_sparsity/data/sst2``
    (dense steps), then pruned with the same ``head``/``channel`` targets by SnipMomentum (ramp + recovery
    steps) and slimmed; test accuracy of both, and the time of one pass over the test set, dense vs slim.
 
@@ -166,7 +166,7 @@ def sst2_figures(rounds: int, dense_steps: int, prune_steps: int, recovery_steps
     from lightning_sparsity.text import TextClassificationDataModule, TextClassificationModule
 
     pl.seed_everything(0)
-    folder = Path(__file__).resolve().parents[1] / "examples" / "data" / "sst2"
+    folder = Path(__file__).resolve().parents[1] / "lightning_sparsity" / "data" / "sst2"
     files = {f"{split}_file": str(folder / f"{split}.tsv") for split in ("train", "validation", "test")}
     data = TextClassificationDataModule(**files, max_length=64, batch_size=32, eval_batch_size=64)
     module = TextClassificationModule("all-MiniLM-L6-v2", num_labels=2, learning_rate=1e-4)
@@ -320,7 +320,8 @@ def _inference_markdown(result: dict) -> str:
 def _sst2_note(sst2: dict) -> str:
     steps = sst2["steps"]
     return (
-        f"\nSST-2: the embedded all-MiniLM-L6-v2 on the `examples/data/sst2` slice, fine-tuned {steps['dense']} steps "
+        "\nSST-2: the embedded all-MiniLM-L6-v2 on the `lightning_sparsity/data/sst2` slice, "
+        f"fine-tuned {steps['dense']} steps "
         f"(dense figures), then {steps['prune_ramp']} + {steps['recovery']} more steps pruning half the heads and "
         "75% of the FFN neurons of every layer (SnipMomentum `head`/`channel` pruners) and slimmed; the speed-up "
         "is one pass over the 872 test sentences (batch 64)."

@@ -24,7 +24,8 @@ python -m benchmarks.step_time           # --rounds 15 --steps 10 --frequencies 
 python -m benchmarks.host_time           # --rounds 15 --steps 100 --frequencies 1 10 100 --threads 1
 python -m benchmarks.mask_update         # --rounds 3 --threads 1 (--size large: bert-large, 10 min)
 python -m benchmarks.memory
-python -m benchmarks.accuracy --full     # the SST-2 study, resumable (--fresh reruns all); INC from /work/inc-venv
+python -m benchmarks.accuracy --full     # the SST-2 study, resumable (--fresh reruns all)
+                                        # INC from the venv at $INC_VENV (default /work/inc-venv)
 ```
 
 The scripts use one torch thread by default: this 2-core machine is shared, and 2-thread runs were

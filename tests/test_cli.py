@@ -156,6 +156,11 @@ def test_an_unreadable_checkpoint_is_refused_naming_the_file(config: Path, tmp_p
     assert list(tmp_path.rglob("*.ckpt")) == [empty], "nothing ran: no checkpoint was written"
 
 
+def test_ckpt_path_last_without_a_last_checkpoint_is_an_error(config: Path, tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="--ckpt_path last found no last checkpoint.*save_last=true"):
+        main(["validate", "--config", str(config), "--ckpt_path", "last", f"--trainer.default_root_dir={tmp_path}"])
+
+
 def test_the_same_yaml_works_from_a_users_own_lightning_cli(config: Path, tmp_path: Path) -> None:
     cli = LightningCLI(
         TextClassificationModule,

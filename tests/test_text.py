@@ -8,10 +8,11 @@ from pathlib import Path
 import pytest
 import torch
 from fixtures.tiny_text import PAIRS_TSV, save_tiny_model
-from helpers import make_trainer
+from helpers import make_trainer, tiny_bert_config
 from transformers import AutoModelForSequenceClassification, AutoTokenizer, BertForSequenceClassification
 
 from lightning_sparsity import Pruner, PruningCallback
+from lightning_sparsity.metrics import builtin_metrics
 from lightning_sparsity.text import (
     TextClassificationDataModule,
     TextClassificationModule,
@@ -50,6 +51,18 @@ def test_tsv_is_read_verbatim_with_its_byte_order_mark_dropped(tmp_path: Path) -
     path = tmp_path / "glue.tsv"
     path.write_text("\ufeffsentence\tlabel\na \"quoted, word\" here\tpos\r\nit's 'fine'\tneg\n", encoding="utf-8")
     assert read_rows(path) == ROWS
+
+
+@pytest.mark.parametrize("suffix", [".json", ".jsonl"])
+def test_json_lines_or_a_list_whatever_the_json_suffix(tmp_path: Path, suffix: str) -> None:
+    lines, listed = tmp_path / f"lines{suffix}", tmp_path / f"list{suffix}"
+    lines.write_text("\n".join(json.dumps(row) for row in ROWS) + "\n")  # what datasets' to_json writes
+    listed.write_text(json.dumps(ROWS))
+    assert read_rows(lines) == read_rows(listed) == ROWS
+    broken = tmp_path / f"broken{suffix}"
+    broken.write_text(json.dumps(ROWS[0]) + "\n{not json\n")
+    with pytest.raises(ValueError, match=r"line 2 is not JSON .*one object a line \(JSON lines\)"):
+        read_rows(broken)
 
 
 @pytest.mark.parametrize("suffix", [".csv", ".json", ".jsonl"])
@@ -119,7 +132,8 @@ def test_fit_prunes_saves_label_names_and_exports(tiny_model: Path, tmp_path: Pa
     data = pair_data()  # the tokenizer comes from the module's model folder
     trainer.fit(module, data)
     assert data.tokenizer.vocab_size == AutoTokenizer.from_pretrained(tiny_model).vocab_size
-    assert {"train_loss", "train_acc_epoch", "val_loss", "val_acc"} <= set(trainer.callback_metrics)
+    logged = set(trainer.callback_metrics)
+    assert {"train_loss", "train_acc_epoch", "val_loss", "val_acc", "val_f1", "val_mcc"} <= logged
     assert trainer.test(module, data, verbose=False)[0]["test_acc"] >= 0
 
     exported = AutoModelForSequenceClassification.from_pretrained(export)
@@ -196,3 +210,25 @@ def test_fit_without_validation_and_predict_without_labels(tiny_model: Path, tmp
     assert predictions.shape == (2,) and set(predictions.tolist()) <= {0, 1}
     with pytest.raises(ValueError, match="test_file is not set, so there is no test data"):
         trainer.test(module, data)
+
+
+def constant_model() -> BertForSequenceClassification:
+    """Predicts class 0 for every input."""
+    model = BertForSequenceClassification(tiny_bert_config())
+    with torch.no_grad():
+        model.classifier.bias.copy_(torch.tensor([50.0, -50.0]))
+    return model
+
+
+def test_val_acc_is_plain_accuracy_and_f1_mcc_are_logged():
+    """A constant predictor on unbalanced labels: plain accuracy is the majority share (macro averaging gives 0.5)."""
+    module = TextClassificationModule.from_model(constant_model())
+    labels = torch.tensor([0, 0, 0, 1, 1, 0, 0, 1])
+    module._shared_step({"input_ids": torch.ones(8, 4, dtype=torch.long), "labels": labels}, "val")
+    assert float(module.accuracy["val_acc"].compute()) == pytest.approx(5 / 8)
+    scores = module.scores["val"].compute()
+    logits = torch.tensor([[1.0, 0.0]]).repeat(8, 1)
+    same_as_trainer = builtin_metrics(logits, labels)  # NLPTrainer's eval_* figures agree
+    assert float(scores["val_f1"]) == 0.0 == same_as_trainer["f1"]
+    assert float(scores["val_mcc"]) == pytest.approx(same_as_trainer["matthews_correlation"])
+    assert same_as_trainer["accuracy"] == pytest.approx(5 / 8)

@@ -1,4 +1,5 @@
-"""Configurations written for other pruning tools, turned into lightning-sparsity ``Pruner`` s."""
+"""Configurations and APIs written for other pruning tools: INC's ``WeightPruningConfig`` turned into ``Pruner`` s,
+and the names of the old toolkit's classic API (``OptimizedModel``, ``PruningMode``, ``NoTrainerOptimizer``)."""
 
 from lightning_sparsity.compat.inc import pruners_from_inc
 

@@ -19,6 +19,9 @@ FORMATS = (".tsv", ".csv", ".json", ".jsonl")
 def read_rows(path: str | Path, column_names: Optional[Sequence[str]] = None) -> list[dict[str, Any]]:
     """The rows of a TSV, CSV, JSON (a list of objects) or JSON-lines file as dicts.
 
+    A ``.json`` file may hold JSON lines (one object a line, as transformers' examples and ``datasets``
+    write them) and a ``.jsonl`` file a list: the content decides, not the suffix.
+
     TSV is split on tabs verbatim: GLUE sentences hold quote characters that are text, not CSV quoting.
     A UTF-8 byte-order mark is dropped. ``column_names`` names the columns of a delimited file that has
     no header row (e.g. CoLA).
@@ -28,13 +31,8 @@ def read_rows(path: str | Path, column_names: Optional[Sequence[str]] = None) ->
     if suffix not in FORMATS:
         raise ValueError(f"data file {str(path)!r} has suffix {suffix!r}; allowed suffixes: {', '.join(FORMATS)}")
     with path.open(encoding="utf-8-sig", newline="") as handle:
-        if suffix == ".jsonl":
-            return [json.loads(line) for line in handle if line.strip()]
-        if suffix == ".json":
-            rows = json.load(handle)
-            if not isinstance(rows, list):
-                raise ValueError(f"JSON data file {str(path)!r} must hold a list of objects, one per example")
-            return rows
+        if suffix in (".json", ".jsonl"):
+            return _json_rows(path, handle.read())
         if suffix == ".tsv":
             lines = [line.rstrip("\r\n").split("\t") for line in handle if line.strip("\r\n")]
         else:
@@ -44,6 +42,29 @@ def read_rows(path: str | Path, column_names: Optional[Sequence[str]] = None) ->
         if len(line) != len(header):
             raise ValueError(f"{str(path)!r} line {number} has {len(line)} fields, the header {len(header)} ({header})")
     return [dict(zip(header, line, strict=True)) for line in lines]
+
+
+def _json_rows(path: Path, text: str) -> list[dict[str, Any]]:
+    """A JSON list of objects, or JSON lines."""
+    if text.lstrip().startswith("["):
+        try:
+            rows = json.loads(text)
+        except json.JSONDecodeError as error:
+            raise ValueError(f"{str(path)!r} is not a JSON list of objects: {error}") from None
+    else:
+        rows = []
+        for number, line in enumerate(text.splitlines(), start=1):
+            if line.strip():
+                try:
+                    rows.append(json.loads(line))
+                except json.JSONDecodeError as error:
+                    raise ValueError(
+                        f"{str(path)!r} line {number} is not JSON ({error.msg}): a JSON data file holds a list of "
+                        "objects or one object a line (JSON lines)"
+                    ) from None
+    if not all(isinstance(row, dict) for row in rows):
+        raise ValueError(f"JSON data file {str(path)!r} must hold objects, one per example")
+    return rows
 
 
 def label_names(labels: Sequence[Any]) -> Optional[list[str]]:

