@@ -18,7 +18,7 @@ from typing_extensions import override
 from lightning_sparsity.config import PruningConfig
 from lightning_sparsity.layers import owning_module, select_weights, tied_names
 from lightning_sparsity.pruner import Pruner
-from lightning_sparsity.report import LayerSparsity, SparsityReport
+from lightning_sparsity.report import SparsityReport
 from lightning_sparsity.sparsifier import Sparsifier
 from lightning_sparsity.structure import structured_groups
 
@@ -336,18 +336,7 @@ class PruningCallback(Callback):
     def report(self) -> SparsityReport:
         """One row per pruned weight: name, shape, measured sparsity, current and final target."""
         self._follow_new_parameters()
-        return SparsityReport(
-            LayerSparsity(
-                name=name,
-                shape=tuple(weight.shape),
-                numel=weight.numel(),
-                zeros=int((weight == 0).sum()),
-                target=sparsifier.current_target,
-                final_target=sparsifier.final_target,
-            )
-            for sparsifier in self.sparsifiers
-            for name, weight in sparsifier.weights.items()
-        )
+        return SparsityReport(row for sparsifier in self.sparsifiers for row in sparsifier.report_rows())
 
     @override
     def state_dict(self) -> dict[str, Any]:

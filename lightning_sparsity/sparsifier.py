@@ -14,6 +14,7 @@ from lightning_sparsity.functional.patterns import pattern_masks
 from lightning_sparsity.functional.schedules import last_update_point, ramp_progress, scheduled_sparsity
 from lightning_sparsity.layers import as_out_in
 from lightning_sparsity.pruner import Pruner
+from lightning_sparsity.report import LayerSparsity
 from lightning_sparsity.structure import StructuredGroup, structured_masks
 
 #: Weights of at most this many values keep a copy of their mask in their own dtype for the per-step multiply (at
@@ -76,6 +77,20 @@ class Sparsifier:
         if not self.criterion.follows_schedule:
             return self.current_target
         return self.target
+
+    def report_rows(self) -> list[LayerSparsity]:
+        """One row per weight: name, shape, zeros measured on the weight, current and final target."""
+        return [
+            LayerSparsity(
+                name=name,
+                shape=tuple(weight.shape),
+                numel=weight.numel(),
+                zeros=int((weight == 0).sum()),
+                target=self.current_target,
+                final_target=self.final_target,
+            )
+            for name, weight in self.weights.items()
+        ]
 
     def unreachable_targets(self, tolerance: float = 0.01) -> dict[str, float]:
         """Weights whose units cannot realise the target within ``tolerance`` in local scope (e.g. ``1xchannel``

@@ -18,7 +18,7 @@ from torch.optim.optimizer import register_optimizer_step_post_hook, register_op
 
 from lightning_sparsity.callback import PruningCallback
 from lightning_sparsity.pruner import Pruner
-from lightning_sparsity.report import LayerSparsity, SparsityReport
+from lightning_sparsity.report import SparsityReport
 from lightning_sparsity.sparsifier import Sparsifier
 
 logger = logging.getLogger(__name__)
@@ -65,18 +65,7 @@ class OwnLoopPruning:
 
     def report(self) -> SparsityReport:
         """One row per pruned weight, measured on the weights."""
-        return SparsityReport(
-            LayerSparsity(
-                name=name,
-                shape=tuple(weight.shape),
-                numel=weight.numel(),
-                zeros=int((weight == 0).sum()),
-                target=sparsifier.current_target,
-                final_target=sparsifier.final_target,
-            )
-            for sparsifier in self.sparsifiers
-            for name, weight in sparsifier.weights.items()
-        )
+        return SparsityReport(row for sparsifier in self.sparsifiers for row in sparsifier.report_rows())
 
     def _held_by(self, optimizer: Optimizer) -> list[Sparsifier]:
         if id(optimizer) not in self._holds:
