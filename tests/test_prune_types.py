@@ -161,3 +161,21 @@ def test_wanda_hooks_leave_the_model_after_fit_and_do_not_count_validation_batch
     assert all(not m._forward_hooks for m in module.modules())
     make_trainer(callbacks=[pruning]).validate(module, toy_loader(seed=2))
     assert all(torch.equal(norms[n], v) for n, v in pruning.sparsifiers[0].criterion.input_norms.items())
+
+
+@pytest.mark.parametrize("prune_type", ["Wanda", "Movement"])
+def test_new_types_score_whole_heads_and_neurons(prune_type: str) -> None:
+    """Structured patterns sum each unit's element scores, whatever the criterion (signed ones included)."""
+    pruners = [
+        Pruner(prune_type=prune_type, pattern="head", target_sparsity_ratio=0.5, step_range=[1, 3]),
+        Pruner(prune_type=prune_type, pattern="neuron", target_sparsity_ratio=0.5, step_range=[1, 3]),
+    ]
+    pruning = PruningCallback(pruners)
+    module = TinyBert()
+    make_trainer(max_steps=4, callbacks=[pruning]).fit(module, toy_loader())
+    heads, neurons = pruning.sparsifiers
+    assert heads.pruner.prune_type == prune_type and heads.current_target == 0.5
+    for layer in module.model.bert.encoder.layer:  # 4 heads of 8 rows in each layer's query: 2 pruned whole
+        rows_pruned = (layer.attention.self.query.weight == 0).all(dim=1).reshape(4, 8)
+        assert rows_pruned.all(dim=1).sum() == 2 and (rows_pruned.all(dim=1) | ~rows_pruned.any(dim=1)).all()
+        assert (layer.intermediate.dense.weight == 0).all(dim=1).sum() == 32  # half of 64 neurons
