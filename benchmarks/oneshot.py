@@ -30,7 +30,7 @@ from typing import Any
 
 import torch
 
-from benchmarks.common import ENCODER_LINEAR, RESULTS, ROOT, clock, minilm_dir, read_sst2, sst2_tensors
+from benchmarks.common import ENCODER_LINEAR, RESULTS, ROOT, clock, minilm_dir, read_sst2, sst2_tensors, table
 
 CONFIGURATIONS = [(0.5, "1x1"), (0.6, "1x1"), (0.7, "1x1"), (0.5, "2:4")]
 OURS = ("SparseGPT", "Wanda", "BasicMagnitude")
@@ -208,30 +208,99 @@ def spawn(python: str, *arguments: str) -> dict[str, Any]:
     return json.loads(lines[-1])
 
 
+def sparse_fine_tune(settings: dict[str, Any], cache: Path, dense: Path) -> dict[str, Any]:
+    """SparseGPT 2:4 one-shot, then ``tune_steps`` steps of fine-tuning with the masks fixed (PatternLock)."""
+    from transformers import AutoTokenizer, BertForSequenceClassification
+
+    pruned = cache / "sparsegpt-2of4"
+    model = BertForSequenceClassification.from_pretrained(dense)
+    ours_pruning(model, calibration(settings, str(dense)), "SparseGPT", 0.5, "2:4")
+    model.save_pretrained(pruned)
+    AutoTokenizer.from_pretrained(dense).save_pretrained(pruned)
+    tuned = cache / "sparsegpt-2of4-tuned"
+    seconds = fine_tune(settings, str(pruned), tuned, settings["tune_steps"], TUNE_LR, lock=True)
+    tuned_model = BertForSequenceClassification.from_pretrained(tuned)
+    return {
+        "one_shot_test_accuracy": test_accuracy(model, settings, str(dense)),
+        "steps": settings["tune_steps"],
+        "lr": TUNE_LR,
+        "wall_s": seconds,
+        "sparsity": encoder_sparsity(tuned_model),
+        "test_accuracy": test_accuracy(tuned_model, settings, str(dense)),
+    }
+
+
+def results_table(result: dict[str, Any]) -> str:
+    """The Markdown table of docs/one-shot.md: one row per run, then the sparse fine-tune."""
+    dense = result["dense_test_accuracy"]
+    headers = ["system", "prune type", "target", "pattern", "test accuracy", "vs dense (points)"]
+    headers += ["prune wall s", "prune CPU s", "peak memory rise MiB"]
+    names = {"ours": "ours", "llmc": "llm-compressor"}
+    rows = [["dense (fine-tuned)", "", "0%", "", f"{dense:.2%}", "", "", "", ""]]
+    for run in result["runs"]:
+        start = [names[run["system"]], run["prune_type"], f"{run['sparsity_target']:.0%}", run["pattern"]]
+        if "error" in run:
+            rows.append([*start, "failed: " + run["error"][-1][:80], "", "", "", ""])
+            continue
+        rows.append(
+            [
+                *start,
+                f"{run['test_accuracy']:.2%}",
+                f"{100 * (run['test_accuracy'] - dense):+.1f}",
+                f"{run['prune_wall_s']:.1f}",
+                f"{run['prune_cpu_s']:.1f}",
+                f"{run['peak_memory_rise_mib']:.0f}",
+            ]
+        )
+    tune = result["sparse_fine_tune"]
+    rows.append(
+        [
+            f"ours + {tune['steps']} steps sparse fine-tune",
+            "SparseGPT",
+            "50%",
+            "2:4",
+            f"{tune['test_accuracy']:.2%}",
+            f"{100 * (tune['test_accuracy'] - dense):+.1f}",
+            f"{tune['wall_s']:.0f} (fine-tune)",
+            "",
+            "",
+        ]
+    )
+    return table(headers, rows)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--smoke", action="store_true", help="a few examples, to check the pipeline")
     parser.add_argument("--cache", default="/tmp/lightning-sparsity-oneshot", help="where fine-tuned models go")
     parser.add_argument("--llmc-venv", default="/work/venvs/llmc", help="llm-compressor's virtual environment")
     parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds of every run (times: medians)")
+    parser.add_argument("--table", action="store_true", help="print the Markdown table of the saved results")
     parser.add_argument("--run", nargs=6, metavar=("SYSTEM", "TYPE", "SPARSITY", "PATTERN", "FOLDER", "EVAL"))
     args = parser.parse_args()
     settings = SMOKE if args.smoke else FULL
+    path = RESULTS / ("oneshot_smoke.json" if args.smoke else "oneshot.json")
+    if args.table:
+        print(results_table(json.loads(path.read_text())))
+        return
     if args.run:
         system, prune_type, sparsity, pattern, folder, evaluate = args.run
         run = run_one(system, prune_type, float(sparsity), pattern, Path(folder), settings, evaluate == "1")
         print(json.dumps(run))
         return
+    from transformers import BertForSequenceClassification
+
+    from benchmarks.common import machine
+
     torch.set_num_threads(1)
     cache = Path(args.cache) / ("smoke" if args.smoke else "full")
     dense = cache / "dense"
-    result: dict[str, Any] = {"settings": settings, "tune_lr": TUNE_LR}
+    result: dict[str, Any] = {"settings": settings, "rounds": 0}
     if not (dense / "config.json").exists():
         steps = settings["train_size"] // settings["batch_size"]
         result["dense_fine_tune_wall_s"] = fine_tune(settings, minilm_dir(), dense, steps, settings["lr"], lock=False)
-    from transformers import BertForSequenceClassification
-
     result["dense_test_accuracy"] = test_accuracy(BertForSequenceClassification.from_pretrained(dense), settings, dense)
+    result["sparse_fine_tune"] = sparse_fine_tune(settings, cache, dense)
     flag = ["--smoke"] if args.smoke else []
     llmc_python = Path(args.llmc_venv) / "bin" / "python"
     jobs = [
@@ -242,6 +311,7 @@ def main() -> None:
         for prune_type in types
     ]
     rounds: list[list[dict[str, Any]]] = []
+    RESULTS.mkdir(parents=True, exist_ok=True)
     for index in range(args.rounds):  # round 0 also measures accuracy; all rounds time and measure memory
         rounds.append([])
         for system, python, prune_type, sparsity, pattern in jobs:
@@ -250,29 +320,9 @@ def main() -> None:
             run.update(spawn(python, *flag, "--run", *job))
             print(json.dumps(run), flush=True)
             rounds[-1].append(run)
-    result["runs"] = [summary([r[i] for r in rounds]) for i in range(len(jobs))]
-    from transformers import AutoTokenizer
-
-    pruned = cache / "sparsegpt-2of4"
-    model = BertForSequenceClassification.from_pretrained(dense)
-    ours_pruning(model, calibration(settings, str(dense)), "SparseGPT", 0.5, "2:4")
-    model.save_pretrained(pruned)
-    AutoTokenizer.from_pretrained(dense).save_pretrained(pruned)
-    tuned = cache / "sparsegpt-2of4-tuned"
-    seconds = fine_tune(settings, str(pruned), tuned, settings["tune_steps"], TUNE_LR, lock=True)
-    tuned_model = BertForSequenceClassification.from_pretrained(tuned)
-    result["sparse_fine_tune"] = {
-        "one_shot_test_accuracy": test_accuracy(model, settings, str(dense)),
-        "steps": settings["tune_steps"],
-        "wall_s": seconds,
-        "sparsity": encoder_sparsity(tuned_model),
-        "test_accuracy": test_accuracy(tuned_model, settings, str(dense)),
-    }
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    path = RESULTS / ("oneshot_smoke.json" if args.smoke else "oneshot.json")
-    from benchmarks.common import machine
-
-    path.write_text(json.dumps({"machine": machine(), **result}, indent=2) + "\n")
+        result["rounds"] = len(rounds)
+        result["runs"] = [summary([r[i] for r in rounds]) for i in range(len(jobs))]
+        path.write_text(json.dumps({"machine": machine(), **result}, indent=2) + "\n")  # after every round
     print(path)
 
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, Optional
 
 import torch
@@ -96,7 +96,12 @@ def prune_one_shot(
 
 
 def _calibrate(
-    model: nn.Module, targets: Targets, batches: list[Any], forward: Forward, statistic: StatisticFactory, prune: Any
+    model: nn.Module,
+    targets: Targets,
+    batches: list[Any],
+    forward: Forward,
+    statistic: StatisticFactory,
+    prune: Callable[[Mapping[str, Optional[InputStatistic]]], None],
 ) -> None:
     """Prunes the targets block by block, then those outside the blocks from full forward passes."""
     block_name, blocks = repeated_blocks(model, targets)
