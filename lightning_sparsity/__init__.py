@@ -1,20 +1,12 @@
 """lightning-sparsity: pruning for PyTorch Lightning, exact, resumable and fast.
 
 ``import lightning_sparsity`` loads the engine (``PruningCallback``, ``Pruner``, the prune types) without transformers;
-the classic facade (``NLPTrainer``) loads on first use.
+the classic facade (``NLPTrainer``, ``OptimizedModel``, ``NoTrainerOptimizer``, ...) loads on first use.
 """
 
 from typing import TYPE_CHECKING, Any
 
 from lightning_sparsity.callback import PruningCallback
-from lightning_sparsity.compat.classic import (
-    SUPPORTED_PRUNING_MODE,
-    OptimizedModel,
-    Provider,
-    PrunerConfig,
-    PruningMode,
-)
-from lightning_sparsity.compat.no_trainer import NoTrainerOptimizer
 from lightning_sparsity.config import PruningConfig
 from lightning_sparsity.distillation import KnowledgeDistillation
 from lightning_sparsity.distillation_config import Criterion, DistillationConfig
@@ -24,11 +16,27 @@ from lightning_sparsity.pruner import Pruner
 from lightning_sparsity.report import LayerSparsity, SparsityReport
 
 if TYPE_CHECKING:
+    from lightning_sparsity.compat.classic import (
+        SUPPORTED_PRUNING_MODE,
+        OptimizedModel,
+        Provider,
+        PrunerConfig,
+        PruningMode,
+    )
+    from lightning_sparsity.compat.no_trainer import NoTrainerOptimizer
     from lightning_sparsity.trainer import NLPTrainer
 
 __version__ = "0.1.0"
 
-_LAZY = {"NLPTrainer": "lightning_sparsity.trainer"}
+#: The classic facade, which imports transformers' Trainer machinery: loaded on first use.
+_LAZY = {
+    "NLPTrainer": "lightning_sparsity.trainer",
+    "NoTrainerOptimizer": "lightning_sparsity.compat.no_trainer",
+    **dict.fromkeys(
+        ("OptimizedModel", "PruningMode", "PrunerConfig", "Provider", "SUPPORTED_PRUNING_MODE"),
+        "lightning_sparsity.compat.classic",
+    ),
+}
 
 __all__ = [
     "SUPPORTED_PRUNING_MODE",
