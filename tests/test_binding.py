@@ -240,3 +240,21 @@ def test_conv1d_weights_prune_as_the_out_x_in_matrix_they_compute_with(pattern: 
         if pattern == "1xchannel":  # whole outputs
             assert bool((matrix.all(1) | ~matrix.any(1)).all()), name
         assert not module.get_parameter(name)[~mask].any()
+
+
+def test_empty_layers_are_left_out_and_a_model_without_prunable_layers_names_its_layer_types() -> None:
+    class WithEmpty(BuiltLate):
+        def configure_model(self) -> None:
+            super().configure_model()
+            self.empty = torch.nn.Linear(0, 4)  # nothing to prune: not selected, no aminmax() error
+
+    pruning = PruningCallback([Pruner(target_sparsity_ratio=0.5, step_range=[0, 0])])
+    make_trainer(max_steps=1, callbacks=[pruning]).fit(WithEmpty(), toy_loader())
+    assert [name for s in pruning.sparsifiers for name in s.weights] == ["net.2.weight"]
+
+    class EmbeddingsOnly(BuiltLate):
+        def configure_model(self) -> None:
+            self.net = torch.nn.Sequential(torch.nn.Embedding(VOCAB, 2), torch.nn.LayerNorm(2))
+
+    with pytest.raises(ValueError, match=r"this model's weights are in Embedding, LayerNorm"):
+        make_trainer(max_steps=1, callbacks=[PruningCallback()]).fit(EmbeddingsOnly(), toy_loader())
