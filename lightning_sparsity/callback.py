@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import asdict
 from typing import Any, Optional, Union, cast
 
@@ -10,13 +11,14 @@ import torch
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.strategies import DeepSpeedStrategy, FSDPStrategy, ModelParallelStrategy
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
-from torch import nn
+from torch import Tensor, nn
 from torch.optim import Optimizer
 from torch.utils.hooks import RemovableHandle
 from typing_extensions import override
 
 from lightning_sparsity.config import PruningConfig
 from lightning_sparsity.layers import owning_module, select_weights, tied_names
+from lightning_sparsity.numbers import is_integer
 from lightning_sparsity.pruner import Pruner
 from lightning_sparsity.report import SparsityReport
 from lightning_sparsity.sparsifier import Sparsifier
@@ -53,6 +55,13 @@ class PruningCallback(Callback):
             default ``Pruner()``.
         state_key_suffix: distinguishes the checkpoint state of several PruningCallbacks in one Trainer.
         config: a classic :class:`PruningConfig` whose pruners to use, instead of ``pruners``.
+        calibration_samples: training samples that one-shot pruners (``step_range=[0, 0]`` with SparseGPT, Wanda or
+            BasicMagnitude) calibrate on before the first step; fewer available is a warning.
+
+    One-shot pruners run :func:`lightning_sparsity.oneshot.prune_one_shot` on the LightningModule when training
+    starts, on rank zero (the masks and weights are then broadcast), calling ``pl_module.calibration_step(batch)``
+    when the module defines it, else ``pl_module(**batch)`` for a mapping and ``pl_module(*batch)`` for a tuple; the
+    masks then stay fixed while training goes on (one-shot + sparse fine-tuning).
     """
 
     def __init__(
@@ -60,7 +69,13 @@ class PruningCallback(Callback):
         pruners: Union[list[Pruner], Pruner, None] = None,
         state_key_suffix: str = "",
         config: Optional[PruningConfig] = None,
+        calibration_samples: int = 128,
     ) -> None:
+        if not is_integer(calibration_samples) or calibration_samples < 1:
+            raise ValueError(
+                f"PruningCallback.calibration_samples must be an integer >= 1, got {calibration_samples!r}"
+            )
+        self.calibration_samples = int(calibration_samples)
         if config is not None:
             if pruners is not None:
                 raise ValueError("PruningCallback got both pruners and config: give one of them")
@@ -256,9 +271,56 @@ class PruningCallback(Callback):
         for sparsifier in self.sparsifiers:
             if not sparsifier.criterion.follows_schedule:
                 sparsifier.lock_existing_zeros()
+            elif sparsifier.is_one_shot and sparsifier.last_update is None:
+                self._prune_one_shot(trainer, pl_module, sparsifier)
             elif sparsifier.counts_steps:
                 sparsifier.step(sparsifier.steps)
             sparsifier.apply_masks()
+
+    def _prune_one_shot(self, trainer: pl.Trainer, pl_module: pl.LightningModule, sparsifier: Sparsifier) -> None:
+        """Calibrates on training batches and prunes once (rank zero, then broadcast to every rank)."""
+        result: Optional[tuple[dict[str, Tensor], dict[str, Tensor]]] = None
+        if trainer.is_global_zero:
+            from lightning_sparsity.oneshot import default_forward, prune_one_shot
+
+            step = getattr(pl_module, "calibration_step", None)
+            masks = prune_one_shot(
+                pl_module,
+                self._calibration_batches(trainer, pl_module),
+                prune_type=sparsifier.criterion.one_shot,  # type: ignore[arg-type]
+                sparsity=sparsifier.target,
+                pattern=sparsifier.pruner.pattern,
+                method=sparsifier.pruner.method,
+                names=[re.escape(name) for name in sparsifier.weights],
+                forward=(lambda _, batch: step(batch)) if callable(step) else default_forward,
+                parameters=sparsifier.pruner.parameters if sparsifier.criterion.one_shot == "SparseGPT" else None,
+            )
+            result = (masks, {name: w.detach() for name, w in sparsifier.weights.items()})
+        masks, weights = cast(tuple[dict[str, Tensor], dict[str, Tensor]], trainer.strategy.broadcast(result, src=0))
+        with torch.no_grad():
+            for name, weight in sparsifier.weights.items():
+                weight.copy_(weights[name])
+        sparsifier.masks = {name: masks[name].to(sparsifier.weights[name].device) for name in sparsifier.weights}
+        sparsifier.current_target, sparsifier.last_update = sparsifier.target, 0
+        rank_zero_info(
+            f"PruningCallback: pruned {len(sparsifier.weights)} weights to {sparsifier.target:.2%} in one shot "
+            f"({sparsifier.pruner.prune_type}); their masks stay fixed from now on"
+        )
+
+    def _calibration_batches(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> list[Any]:
+        """The first training batches holding ``calibration_samples`` samples, on the module's device."""
+        batches, samples = [], 0
+        for batch in trainer.train_dataloader:  # type: ignore[union-attr]
+            batches.append(pl_module.transfer_batch_to_device(batch, pl_module.device, 0))
+            samples += _batch_size(batch)
+            if samples >= self.calibration_samples:
+                break
+        if samples < self.calibration_samples:
+            rank_zero_warn(
+                f"PruningCallback.calibration_samples={self.calibration_samples}, but the training data holds "
+                f"{samples} samples: one-shot pruning calibrates on those"
+            )
+        return batches
 
     @override
     def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -374,6 +436,18 @@ def _describe_difference(saved: list[dict], current: list[dict]) -> str:
             if old.get(key) != new[key]:
                 return f"pruners[{index}].{key} was {old.get(key)!r} and is now {new[key]!r}"
     return "the pruners differ"
+
+
+def _batch_size(batch: Any) -> int:
+    """Samples in a batch: the first dimension of its first tensor (1 when it holds none)."""
+    tensors = (
+        list(batch.values())
+        if isinstance(batch, dict)
+        else list(batch)
+        if isinstance(batch, (list, tuple))
+        else [batch]
+    )
+    return next((int(t.shape[0]) for t in tensors if isinstance(t, Tensor) and t.dim()), 1)
 
 
 def _warn_about_ties(model: nn.Module, weights: dict[str, nn.Parameter]) -> None:

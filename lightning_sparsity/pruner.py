@@ -111,8 +111,15 @@ class Pruner:
             )
         self._check_layer_bounds(target, parsed)
         set_("epoch_range", _check_range("epoch_range", self.epoch_range))
+        if kind.one_shot_only and self.step_range is None:
+            set_("step_range", [0, 0])
         if self.step_range is not None:
             set_("step_range", _check_range("step_range", self.step_range))
+        if kind.one_shot_only and self.step_range != [0, 0]:
+            raise ValueError(
+                f"Pruner.step_range={self.step_range} does not suit prune_type={kind.name!r}, which prunes in one shot "
+                "before the first step: leave step_range out (or give [0, 0])"
+            )
         if not is_integer(self.update_frequency) or self.update_frequency < 1:
             raise ValueError(f"Pruner.update_frequency must be an integer >= 1, got {self.update_frequency!r}")
         set_("update_frequency", int(self.update_frequency))

@@ -68,6 +68,11 @@ class Sparsifier:
         return self.pruner.step_range is not None
 
     @property
+    def is_one_shot(self) -> bool:
+        """A ramp of the single point ``step_range=[0, 0]`` for a type with a one-shot method: calibrated, unscored."""
+        return self.criterion.one_shot is not None and self.pruner.step_range == [0, 0]
+
+    @property
     def target_reached(self) -> bool:
         """Whether the masks are at the target: the ramp is over."""
         return self.current_target >= self.target

@@ -42,7 +42,7 @@ def pruners_for(kind: str) -> list[Pruner]:
             prune_type=name,
             pattern=pattern,
             target_sparsity_ratio=target,
-            step_range=[1, 5],
+            step_range=[0, 0] if prune_type_class(name).one_shot_only else [1, 5],
             update_frequency=2,
             names=[rf"layer\.{index // len(WEIGHTS)}\.{WEIGHTS[index % len(WEIGHTS)]}\.weight"],
         )
@@ -62,6 +62,11 @@ class Deterministic(TinyBert):
             for weight in self.parameters():
                 if weight.dim() == 2:
                     weight[:, ::4] = 0.0
+
+    def calibration_step(self, batch: Any) -> Any:
+        """One-shot types calibrate on the batch at that position."""
+        position = int(batch[0])
+        return self(self.data[0][position * 8 : (position + 1) * 8])
 
     def training_step(self, batch: Any, batch_idx: int) -> Any:
         input_ids, labels = (t[batch_idx * 8 : (batch_idx + 1) * 8] for t in self.data)
@@ -85,7 +90,7 @@ def layers_for(kind: str) -> int:
 
 def run(kind: str, setup: str = "plain", **fit: Any) -> tuple[Deterministic, PruningCallback, pl.Trainer]:
     module = Deterministic(layers_for(kind), manual=setup == "manual")
-    pruning = PruningCallback(pruners_for(kind))
+    pruning = PruningCallback(pruners_for(kind), calibration_samples=STEPS_PER_EPOCH)
     settings: dict[str, Any] = dict(max_epochs=2, callbacks=[pruning, *fit.pop("callbacks", [])])
     if setup == "bf16-mixed":
         settings["precision"] = "bf16-mixed"
@@ -153,7 +158,7 @@ class SaveRankState(Callback):
 @pytest.mark.parametrize("kind", ["unstructured", "n_of_m"])
 def test_ddp_ranks_hold_the_same_masks_and_weights_for_every_type(tmp_path: Path, kind: str) -> None:
     module = Deterministic(layers_for(kind))
-    pruning = PruningCallback(pruners_for(kind))
+    pruning = PruningCallback(pruners_for(kind), calibration_samples=STEPS_PER_EPOCH)
     trainer = make_trainer(
         strategy="ddp_spawn", devices=2, max_epochs=2, callbacks=[pruning, SaveRankState(pruning, tmp_path)]
     )
@@ -171,7 +176,7 @@ def test_every_type_keeps_its_masks_in_a_compiled_module() -> None:
     kind = "unstructured"
     module = Deterministic(layers_for(kind))
     compiled = torch.compile(module)
-    pruning = PruningCallback(pruners_for(kind))
+    pruning = PruningCallback(pruners_for(kind), calibration_samples=STEPS_PER_EPOCH)
     make_trainer(max_epochs=2, callbacks=[pruning]).fit(compiled, positions())
     assert_exact(pruning)
     assert parse_pattern(PATTERNS[kind][0]).kind == kind

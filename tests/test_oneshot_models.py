@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 import torch
 from torch import nn
 from transformers import BertForSequenceClassification, LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM
 
+from lightning_sparsity import Pruner, PruningCallback
 from lightning_sparsity.export import is_two_four_sparse, semi_structured_unavailable, to_semi_structured
 from lightning_sparsity.functional.patterns import parse_pattern
 from lightning_sparsity.oneshot import FeatureNormStatistic, prune_one_shot, prune_weight_, recording_inputs
-from tests.helpers import SEQ, VOCAB, tiny_bert_config
+from tests.helpers import SEQ, VOCAB, TinyBert, make_trainer, tiny_bert_config, toy_loader
 
 
 def bert() -> BertForSequenceClassification:
@@ -223,3 +226,55 @@ def test_semi_structured_export_says_why_it_cannot_run_here():
     prune_one_shot(model, batches(count=1), pattern="2:4")
     with pytest.raises(RuntimeError, match="2:4 semi-structured sparsity needs"):
         to_semi_structured(model)
+
+
+class CalibratedBert(TinyBert):
+    """A LightningModule whose batches are ``(input_ids, labels)``: it says how to run one for calibration."""
+
+    def calibration_step(self, batch: Any) -> Any:
+        return self.model(input_ids=batch[0])
+
+
+@pytest.mark.parametrize(
+    ("prune_type", "pattern", "method"),
+    [("SparseGPT", "2:4", "per_tensor"), ("Wanda", "1x1", "per_channel"), ("BasicMagnitude", "2:4", "per_tensor")],
+)
+def test_the_callback_prunes_once_from_calibration_batches_as_the_function_does(
+    prune_type: str, pattern: str, method: str
+) -> None:
+    """A pruner whose ramp is ``step_range=[0, 0]`` is one-shot: before the first step the callback calibrates on
+    ``calibration_samples`` training samples, prunes as ``prune_one_shot`` does on them, and keeps the masks fixed."""
+    loader = toy_loader(64)
+    names = [r".*encoder.*\.weight"]
+    module = CalibratedBert(lr=0.0)  # the first fit's one step changes no weight: the one-shot result shows
+    expected = CalibratedBert()
+    calibration = [b for _, b in zip(range(3), loader, strict=False)]  # 24 samples
+    reference = prune_one_shot(expected, calibration, prune_type=prune_type, sparsity=0.5, pattern=pattern,
+                               method=method, names=names, forward=lambda m, b: m.calibration_step(b))  # fmt: skip
+    after_one_shot = {n: p.detach().clone() for n, p in expected.named_parameters()}
+    pruner = Pruner(prune_type=prune_type, target_sparsity_ratio=0.5, pattern=pattern, method=method,
+                    step_range=[0, 0], names=names)  # fmt: skip
+    pruning = PruningCallback([pruner], calibration_samples=24)
+    make_trainer(max_steps=1, callbacks=[pruning]).fit(module, loader)
+    (sparsifier,) = pruning.sparsifiers
+    assert sparsifier.masks.keys() == reference.keys() and sparsifier.last_update == 0
+    for name, mask in reference.items():
+        assert torch.equal(sparsifier.masks[name], mask), name
+        assert torch.equal(module.get_parameter(name), after_one_shot[name]), name
+    module.lr = 1e-2
+    make_trainer(max_steps=5, callbacks=[pruning]).fit(module, loader)  # fine-tuning: the masks stay as they were
+    for name, mask in reference.items():
+        assert torch.equal(sparsifier.masks[name], mask) and not module.get_parameter(name)[~mask].any()
+
+
+def test_sparsegpt_is_one_shot_only_and_warns_when_calibration_data_runs_short() -> None:
+    assert Pruner(prune_type="SparseGPT", target_sparsity_ratio=0.5).step_range == [0, 0]
+    with pytest.raises(ValueError, match=r"step_range=\[0, 10\] does not suit prune_type='SparseGPT'"):
+        Pruner(prune_type="SparseGPT", target_sparsity_ratio=0.5, step_range=[0, 10])
+    with pytest.raises(ValueError, match=r"calibration_samples must be an integer >= 1"):
+        PruningCallback(calibration_samples=0)
+    pruning = PruningCallback([Pruner(prune_type="SparseGPT", target_sparsity_ratio=0.5, names=[r".*query\.weight"])],
+                              calibration_samples=1000)  # fmt: skip
+    with pytest.warns(UserWarning, match=r"calibration_samples=1000, but the training data holds 16 samples"):
+        make_trainer(max_steps=1, callbacks=[pruning]).fit(CalibratedBert(), toy_loader(16))
+    assert pruning.sparsity() == 0.5

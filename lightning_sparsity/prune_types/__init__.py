@@ -23,6 +23,7 @@ from lightning_sparsity.prune_types.gradient import Gradient
 from lightning_sparsity.prune_types.obs import OBS
 from lightning_sparsity.prune_types.movement import Movement
 from lightning_sparsity.prune_types.wanda import Wanda
+from lightning_sparsity.prune_types.sparsegpt import SparseGPT
 # isort: on
 
 __all__ = [
@@ -35,6 +36,7 @@ __all__ = [
     "PatternLock",
     "PruneType",
     "SnipMomentum",
+    "SparseGPT",
     "Wanda",
     "check_setting",
     "prune_type_class",

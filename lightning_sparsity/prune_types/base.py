@@ -39,6 +39,11 @@ class PruneType:
     follows_schedule: ClassVar[bool] = True
     #: whether :meth:`before_optimizer_step` reads gradients (the weights must then be trainable)
     reads_gradients: ClassVar[bool] = False
+    #: the ``lightning_sparsity.oneshot`` method that prunes for this type when its ramp is the single point
+    #: ``step_range=[0, 0]`` (calibrated on training batches before the first step); None: a plain step-0 update
+    one_shot: ClassVar[Optional[str]] = None
+    #: whether the type prunes only in one shot (its ramp is then ``[0, 0]``, the default)
+    one_shot_only: ClassVar[bool] = False
 
     def __init__(
         self,

@@ -25,6 +25,7 @@ class Wanda(PruneType):
     """
 
     name = "Wanda"
+    one_shot = "Wanda"  # with step_range=[0, 0]: Wanda as its paper does it, from calibration batches
 
     @dataclass(frozen=True)
     class Settings:
