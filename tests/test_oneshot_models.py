@@ -278,3 +278,28 @@ def test_sparsegpt_is_one_shot_only_and_warns_when_calibration_data_runs_short()
     with pytest.warns(UserWarning, match=r"calibration_samples=1000, but the training data holds 16 samples"):
         make_trainer(max_steps=1, callbacks=[pruning]).fit(CalibratedBert(), toy_loader(16))
     assert pruning.sparsity() == 0.5
+
+
+def test_nlp_trainer_prunes_once_with_a_one_shot_pruner(tmp_path: Any) -> None:
+    """``trainer.prune()`` with a SparseGPT pruner: calibrated on its train dataset before training, then fine-tuned
+    with the 2:4 masks fixed."""
+    import datasets
+    from transformers import TrainingArguments
+
+    from lightning_sparsity import NLPTrainer, PruningConfig
+    from tests.helpers import toy_dataset
+
+    input_ids, labels = toy_dataset(64, 0).tensors
+    train = datasets.Dataset.from_dict({"input_ids": input_ids.tolist(), "label": labels.tolist()})
+    torch.manual_seed(0)
+    model = BertForSequenceClassification(tiny_bert_config())
+    args = TrainingArguments(output_dir=str(tmp_path), per_device_train_batch_size=8, max_steps=4, use_cpu=True,
+                             save_strategy="no", logging_strategy="no", disable_tqdm=True, report_to=[])  # fmt: skip
+    trainer = NLPTrainer(model=model, args=args, train_dataset=train)
+    pruner = Pruner(prune_type="SparseGPT", target_sparsity_ratio=0.5, pattern="2:4", names=[r".*encoder.*\.weight"])
+    trainer.prune(pruning_config=PruningConfig(pruner=[pruner]))
+    weights = [p for n, p in model.named_parameters() if ".encoder." in n and n.endswith("weight") and p.dim() == 2]
+    assert len(weights) == 12
+    for weight in weights:
+        assert bool(((weight == 0).reshape(weight.shape[0], -1, 4).sum(-1) == 2).all())
+    assert trainer.pruning_report.layers.sparsity == 0.5
