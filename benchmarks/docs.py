@@ -46,7 +46,7 @@ ranks the systems under that budget; it does not reproduce the published numbers
 def write_docs() -> None:
     sections = [HEADER, _machine(), _step_time(), _host_time(), _mask_update(), _mask_update("mask_update_large")]
     sections += [_memory()]
-    sections += [_accuracy(), _export(), _gpu()]
+    sections += [_accuracy(), _one_shot(), _export(), _gpu()]
     (DOCS / "benchmarks.md").write_text("\n".join(s for s in sections if s) + "\n")
 
 
@@ -212,6 +212,23 @@ def _gpu() -> str:
         "--rounds 5 --steps 100 [--prune-type OBS]` and `python -m benchmarks.mask_update --device cuda --rounds 5 "
         "[--size large]`. Compare them within a table. In wall-clock time the clock waits for the GPU where timing "
         "starts and ends; CPU seconds are the host's share of the work.\n\n" + "\n".join(s for s in sections if s)
+    )
+
+
+def _one_shot() -> str:
+    result = load("oneshot")
+    if not result:
+        return ""
+    from benchmarks.oneshot import results_table  # imports the package: main environment only
+
+    return (
+        "## One-shot pruning on SST-2 (SparseGPT, Wanda, magnitude; beside llm-compressor)\n\n"
+        f"`python -m benchmarks.oneshot --rounds {result.get('rounds', 1)}`: the embedded MiniLM fine-tuned dense on "
+        "SST-2, then pruned once (encoder Linear weights) from 128 training sentences; test.tsv accuracy, CPU time "
+        "and the rise of peak memory during the pruning call, each run in a fresh process; llm-compressor's "
+        "`oneshot` in its own virtual environment. Setup, goals and what fell short: [One-shot](one-shot.md).\n\n"
+        + results_table(result)
+        + "\n"
     )
 
 
