@@ -127,14 +127,10 @@ class PruneType:
         return cls.Settings(**{key: float(value) for key, value in parameters.items()})
 
 
-def check_setting(key: str, value: float, low: float, high: float = math.inf, *, closed_high: bool = False) -> None:
-    """Raises unless ``low <= value < high`` (``<= high`` when ``closed_high``), naming ``Pruner.parameters[key]``."""
-    inside = low <= value <= high if closed_high else low <= value < high
-    if not inside:
-        if math.isinf(high):
-            bound = f"a finite number >= {low:g}"
-        else:
-            bound = f"in [{low:g}, {high:g}]" if closed_high else f"in [{low:g}, {high:g})"
+def check_setting(key: str, value: float, low: float, high: float = math.inf) -> None:
+    """Raises unless ``low <= value < high``, naming ``Pruner.parameters[key]``."""
+    if not low <= value < high:
+        bound = f"a finite number >= {low:g}" if math.isinf(high) else f"in [{low:g}, {high:g})"
         raise ValueError(f"Pruner.parameters[{key!r}] must be {bound}, got {value:g}")
 
 
