@@ -7,6 +7,7 @@ import torch
 from torch import nn
 
 from lightning_sparsity.export import is_two_four_sparse
+from lightning_sparsity.functional.criteria import wanda_scores
 from lightning_sparsity.functional.patterns import parse_pattern
 from lightning_sparsity.oneshot import (
     FeatureNormStatistic,
@@ -14,7 +15,6 @@ from lightning_sparsity.oneshot import (
     prune_weight_,
     recording_inputs,
     sparsegpt_prune_,
-    wanda_scores,
 )
 
 
@@ -61,7 +61,7 @@ def test_wanda_scores_are_weight_magnitude_times_input_feature_norm():
     expected = torch.tensor(
         [[abs(weight[i, j].item()) * squared_norms[j].item() ** 0.5 for j in range(6)] for i in range(4)]
     )
-    torch.testing.assert_close(wanda_scores(weight, squared_norms), expected)
+    torch.testing.assert_close(wanda_scores(weight, squared_norms.sqrt()), expected)
 
 
 def test_wanda_prunes_the_lowest_scores_of_every_output_row():

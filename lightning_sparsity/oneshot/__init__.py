@@ -14,7 +14,6 @@ from lightning_sparsity.oneshot.statistics import (
     InputStatistic,
     recording_inputs,
 )
-from lightning_sparsity.oneshot.wanda import wanda_scores
 
 __all__ = [
     "ONE_SHOT_METHODS",
@@ -32,5 +31,4 @@ __all__ = [
     "recording_inputs",
     "repeated_blocks",
     "sparsegpt_prune_",
-    "wanda_scores",
 ]

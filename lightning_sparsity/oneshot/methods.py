@@ -9,11 +9,10 @@ from typing import Literal, Optional, get_args
 import torch
 from torch import Tensor
 
-from lightning_sparsity.functional.criteria import magnitude_scores
+from lightning_sparsity.functional.criteria import magnitude_scores, wanda_scores
 from lightning_sparsity.functional.patterns import Method, Pattern, pattern_masks
 from lightning_sparsity.oneshot.sparsegpt import sparsegpt_prune_
 from lightning_sparsity.oneshot.statistics import FeatureNormStatistic, HessianStatistic, StatisticFactory
-from lightning_sparsity.oneshot.wanda import wanda_scores
 
 OneShotType = Literal["SparseGPT", "Wanda", "BasicMagnitude"]
 ONE_SHOT_TYPES: tuple[str, ...] = get_args(OneShotType)
@@ -53,7 +52,10 @@ def prune_weight_(
         return sparsegpt_prune_(
             weight, statistic, sparsity, pattern, method, int(settings["block_size"]), float(settings["damping"])
         )
-    scores = wanda_scores(weight, statistic) if prune_type == "Wanda" else magnitude_scores(weight)
+    if prune_type == "Wanda":  # the statistic holds squared input norms
+        scores = wanda_scores(weight, statistic.to(weight.device).sqrt())  # type: ignore[union-attr]
+    else:
+        scores = magnitude_scores(weight)
     keep = pattern_masks([scores], sparsity, pattern, method)[0]
     weight.masked_fill_(~keep, 0.0)
     return keep
