@@ -297,9 +297,10 @@ class PruningCallback(Callback):
             )
             result = (masks, {name: w.detach() for name, w in sparsifier.weights.items()})
         masks, weights = cast(tuple[dict[str, Tensor], dict[str, Tensor]], trainer.strategy.broadcast(result, src=0))
-        with torch.no_grad():
-            for name, weight in sparsifier.weights.items():
-                weight.copy_(weights[name])
+        if trainer.world_size > 1:  # the other ranks take rank zero's pruned (and, for SparseGPT, moved) weights
+            with torch.no_grad():
+                for name, weight in sparsifier.weights.items():
+                    weight.copy_(weights[name])
         sparsifier.masks = {name: masks[name].to(sparsifier.weights[name].device) for name in sparsifier.weights}
         sparsifier.current_target, sparsifier.last_update = sparsifier.target, 0
         rank_zero_info(
