@@ -17,8 +17,9 @@ from lightning_sparsity.pruner import Pruner
 from lightning_sparsity.report import LayerSparsity
 from lightning_sparsity.structure import StructuredGroup, structured_masks
 
-#: Weights of at most this many values keep a copy of their mask in their own dtype for the per-step multiply (at
-#: most 4 bytes a value more, for these small weights only): their cost is the call, not the arithmetic.
+#: Weights of at most this many values keep their pruned positions as 1.0 in their own dtype for the per-step
+#: ``lerp`` towards zero (at most 4 bytes a value more, for these small weights only): their cost is the call, not
+#: the arithmetic.
 SMALL_WEIGHT = 1 << 16
 
 
@@ -55,7 +56,8 @@ class Sparsifier:
         self.steps = 0  # optimizer steps taken, the clock of step-counted ramps
         self._derived_from: Optional[dict[str, Tensor]] = None  # the masks the next three are worked out from
         self._small_weights: list[Tensor] = []
-        self._small_keeps: list[Tensor] = []  # in the weights' dtype
+        self._small_drops: list[Tensor] = []  # 1.0 where pruned, in the weights' dtype
+        self._small_zeros: list[Tensor] = []  # one zero tensor per shape, dtype and device, shared
         self._large_weights: list[Tensor] = []
         self._large_keeps: list[Tensor] = []  # uint8 views of the masks
         self._pruned = 0
@@ -192,14 +194,13 @@ class Sparsifier:
         Pruned weights become +0.0 (``mul_`` alone leaves -0.0 for negative weights, which compressed
         checkpoints would then store as values to stay bit-exact; adding 0.0 turns -0.0 into +0.0 and
         changes nothing else). ``mul_`` by the mask's uint8 view + ``add_`` is several times faster than
-        ``masked_fill_`` on CPU. Small weights, whose cost is the call and not the arithmetic, are multiplied by
-        keep-multipliers in their own dtype: same-dtype lists take torch's multi-tensor fast path (one call for all,
-        where mixed dtypes cost one per weight).
+        ``masked_fill_`` on CPU. Small weights, whose cost is the call and not the arithmetic, take one multi-tensor
+        ``lerp_`` towards zero by their pruned positions (1.0 there, in their own dtype): a weight of 0 leaves a value
+        as it is, a weight of 1 gives +0.0, in one call for all where ``mul_`` + ``add_`` take two.
         """
         self._derive_from_masks()
         if self._small_weights:
-            torch._foreach_mul_(self._small_weights, self._small_keeps)
-            torch._foreach_add_(self._small_weights, self._small_keeps, alpha=0.0)
+            torch._foreach_lerp_(self._small_weights, self._small_zeros, self._small_drops)
         if self._large_weights:
             torch._foreach_mul_(self._large_weights, self._large_keeps)
             torch._foreach_add_(self._large_weights, 0.0)
@@ -234,7 +235,12 @@ class Sparsifier:
         small = [name for name, mask in self.masks.items() if mask.numel() <= SMALL_WEIGHT]
         large = [name for name in self.masks if name not in small]
         self._small_weights = [self.weights[name] for name in small]
-        self._small_keeps = [self.masks[name].to(self.weights[name].dtype) for name in small]
+        self._small_drops = [self.masks[name].logical_not().to(self.weights[name].dtype) for name in small]
+        zeros: dict[tuple[Any, ...], Tensor] = {}
+        self._small_zeros = [
+            zeros.setdefault((w.shape, w.dtype, w.device), torch.zeros_like(w, memory_format=torch.contiguous_format))
+            for w in self._small_weights
+        ]
         self._large_weights = [self.weights[name] for name in large]
         self._large_keeps = [self.masks[name].view(torch.uint8) for name in large]  # multiplies faster than bool
         kept = [torch.count_nonzero(m) for m in self.masks.values()]  # all counted before one is read: one GPU wait

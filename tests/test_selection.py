@@ -88,3 +88,25 @@ def test_mask_sparsity_follows_restored_masks():
     assert sparsifier.mask_sparsity() == 0.75
     sparsifier.load_state_dict(state)
     assert sparsifier.mask_sparsity() == 0.25
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("shape", [(24, 16), (300, 256)], ids=["small", "large"])
+def test_apply_masks_keeps_values_bit_for_bit_and_writes_positive_zeros(dtype, shape):
+    """Small weights (one multi-tensor lerp towards zero) and large ones (mul by the uint8 mask, add 0.0) alike:
+    kept values unchanged to the bit (subnormals included; a kept ``-0.0`` becomes ``+0.0``), pruned ones ``+0.0``."""
+    generator = torch.Generator().manual_seed(3)
+    weights = {name: torch.nn.Parameter(torch.randn(shape, generator=generator).to(dtype)) for name in "ab"}
+    sparsifier = Sparsifier(Pruner(target_sparsity_ratio=0.9), weights)
+    sparsifier.update_masks(0.5)
+    with torch.no_grad():
+        for weight in weights.values():
+            weight.copy_(torch.randn(shape, generator=generator).to(dtype))  # an optimizer step moved every value
+            weight.view(-1)[:3] = torch.tensor([-0.0, torch.finfo(dtype).tiny / 4, -1.0]).to(dtype)
+    before = {name: weight.detach().clone().add_(0.0) for name, weight in weights.items()}  # -0.0 as +0.0
+    sparsifier.apply_masks()
+    bits = {2: torch.int16, 4: torch.int32, 8: torch.int64}[torch.finfo(dtype).bits // 8]
+    for name, weight in weights.items():
+        keep = sparsifier.masks[name]
+        assert torch.equal(weight[keep].view(bits), before[name][keep].view(bits))
+        assert bool((weight[~keep] == 0).all()) and not bool(torch.signbit(weight[~keep]).any())
