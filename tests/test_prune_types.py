@@ -6,6 +6,7 @@ import dataclasses
 import sys
 from pathlib import Path
 
+import lightning.pytorch as pl
 import pytest
 import torch
 from helpers import TinyBert, make_trainer, toy_loader
@@ -179,3 +180,22 @@ def test_new_types_score_whole_heads_and_neurons(prune_type: str) -> None:
         rows_pruned = (layer.attention.self.query.weight == 0).all(dim=1).reshape(4, 8)
         assert rows_pruned.all(dim=1).sum() == 2 and (rows_pruned.all(dim=1) | ~rows_pruned.any(dim=1)).all()
         assert (layer.intermediate.dense.weight == 0).all(dim=1).sum() == 32  # half of 64 neurons
+
+
+@pytest.mark.parametrize("prune_type", ["Gradient", "SnipMomentum", "Movement"])
+def test_gradient_types_say_when_a_weight_is_frozen_during_training(prune_type: str) -> None:
+    """A weight frozen after fitting started gets no gradient: its scores stop following training, and the next
+    mask update says so, naming the weight."""
+    frozen = "model.bert.encoder.layer.0.attention.self.query.weight"
+
+    class FreezeAtStep(pl.Callback):
+        def on_train_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, *args: object) -> None:
+            if trainer.global_step == 2:
+                pl_module.get_parameter(frozen).requires_grad_(False)
+
+    pruning = PruningCallback(
+        [Pruner(prune_type=prune_type, target_sparsity_ratio=0.5, step_range=[1, 6], names=ENCODER)]
+    )
+    with pytest.warns(UserWarning, match=rf"prune_type={prune_type!r}: 1 pruned weight\(s\) got no gradient.*{frozen}"):
+        make_trainer(max_steps=6, callbacks=[pruning, FreezeAtStep()]).fit(TinyBert(), toy_loader())
+    assert pruning.sparsity() == pytest.approx(0.5, abs=1e-3)
