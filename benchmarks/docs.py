@@ -6,6 +6,7 @@ from typing import Any
 
 from benchmarks.accuracy import ACCURACY_HEADER, accuracy_rows, configuration_key, rate_key
 from benchmarks.common import DOCS, LAYER_CAP, load, ramp_end, table
+from benchmarks.demo import GOAL_POINTS, KEYS, demo_rows
 from benchmarks.host_time import GOAL_US, HOST_HEADERS, host_rows
 from benchmarks.mask_update import LIMITED_GLOBAL, table_columns
 from benchmarks.step_time import PRUNE_TYPES, step_rows, step_time_name
@@ -46,7 +47,7 @@ ranks the systems under that budget; it does not reproduce the published numbers
 def write_docs() -> None:
     sections = [HEADER, _machine(), _step_time(), _host_time(), _mask_update(), _mask_update("mask_update_large")]
     sections += [_memory()]
-    sections += [_accuracy(), _one_shot(), _export(), _gpu()]
+    sections += [_demo(), _accuracy(), _one_shot(), _export(), _gpu()]
     (DOCS / "benchmarks.md").write_text("\n".join(s for s in sections if s) + "\n")
 
 
@@ -239,6 +240,20 @@ def _export() -> str:
     from benchmarks.bench_export import markdown  # imports the package: main environment only
 
     return markdown(result, checkpoint) + "\n"
+
+
+def _demo() -> str:
+    result = load("demo")
+    if not result:
+        return ""
+    return (
+        "## The main job: `python -m lightning_sparsity.demo`\n\n`python -m benchmarks.demo`: the demo as a user runs "
+        "it (dense fine-tune of the embedded MiniLM on the 4,000-row SST-2 slice, 150 steps of 16; then the study's "
+        "recipe, SnipMomentum, global, `exp` schedule, 250 more steps to 80%), one run, measured "
+        f"{result['machine']['date']}. Goal: within {GOAL_POINTS} points of its own dense run (test.tsv).\n\n"
+        + table([*KEYS, "goal"], demo_rows(result))
+        + "\n"
+    )
 
 
 def _accuracy() -> str:

@@ -47,3 +47,16 @@ def test_a_missing_demo_extra_fails_before_any_training(monkeypatch, capsys, tmp
 def test_the_sst2_slice_ships_inside_the_package():
     assert demo.DATA.is_relative_to(Path(demo.__file__).parent)
     assert all((demo.DATA / f"{split}.tsv").is_file() for split in ("train", "validation", "test"))
+
+
+def test_the_demo_prunes_with_the_studys_recipe_to_its_target_and_says_how_it_compares(tmp_path):
+    out = demo.main(
+        ["--output-dir", str(tmp_path), "--dense-steps", "2", "--prune-steps", "10", "--recovery-steps", "1"]
+    )
+    summary = json.loads((out / "report.json").read_text())["summary"]
+    assert summary["sparsity of pruned weights"] == pytest.approx(0.8, abs=1e-4)
+    assert summary["the library's SST-2 study"] == demo.STUDY_AT_80
+    assert "SST-2 study" in (out / "report.md").read_text()
+    pruner = demo._pruners(demo.argparse.Namespace(target_sparsity=0.8, prune_steps=10, prune_type="SnipMomentum",
+                                                   structured=False))[0]  # fmt: skip
+    assert (pruner.prune_type, pruner.schedule, pruner.update_frequency) == ("SnipMomentum", "exp", 5)
