@@ -21,7 +21,7 @@ import json
 from collections import defaultdict
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Optional, Union, cast
+from typing import Any, Optional, Union, cast, overload
 
 import torch
 import transformers
@@ -100,6 +100,10 @@ def save_slimmed(model: nn.Module, folder: Union[str, Path], example: Any = None
     return slimmed
 
 
+@overload
+def load_slimmed(folder: Union[str, Path], model: None = None) -> PreTrainedModel: ...
+@overload
+def load_slimmed(folder: Union[str, Path], model: nn.Module) -> nn.Module: ...
 def load_slimmed(folder: Union[str, Path], model: Optional[nn.Module] = None) -> nn.Module:
     """Loads a model saved by :func:`save_slimmed` (or any ``save_pretrained`` folder), in eval mode.
 
