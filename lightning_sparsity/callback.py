@@ -154,18 +154,18 @@ class PruningCallback(Callback):
         parameters = {id(p) for p in pl_module.parameters()}
         return all(id(w) in parameters for s in self.sparsifiers for w in s.weights.values())
 
-    def _bind(self, pl_module: pl.LightningModule) -> list[Sparsifier]:
+    def _bind(self, model: nn.Module) -> list[Sparsifier]:
         owners: dict[int, tuple[int, str]] = {}
         sparsifiers = []
         for index, pruner in enumerate(self.pruners):
             structured = pruner.parsed_pattern.is_structured
             # empty names select every head / FFN neuron, even in the model's last Linear
             names = pruner.names or ([".*"] if structured else [])
-            weights = select_weights(pl_module, names, pruner.excluded_names)
+            weights = select_weights(model, names, pruner.excluded_names)
             groups = []
             if structured:  # whole heads / FFN neurons, bound across their weights
                 structure = pruner.parsed_pattern.structure  # type: ignore[attr-defined]
-                groups = structured_groups(pl_module, structure, weights, explicit=bool(pruner.names))
+                groups = structured_groups(model, structure, weights, explicit=bool(pruner.names))
                 weights = {name: weights[name] for group in groups for name in group.names}
             if not weights:
                 raise ValueError(
@@ -180,8 +180,8 @@ class PruningCallback(Callback):
                         "each weight may have one pruner; narrow names or add excluded_names"
                     )
                 owners[id(weight)] = (index, name)
-            _warn_about_ties(pl_module, weights)
-            modules = {name: owning_module(pl_module, name) for name in weights}
+            _warn_about_ties(model, weights)
+            modules = {name: owning_module(model, name) for name in weights}
             sparsifiers.append(Sparsifier(pruner, weights, groups, modules))
         return sparsifiers
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import dataclasses
 import warnings
 from dataclasses import dataclass
-from typing import Any, Literal, Optional, Union, get_args
+from typing import Any, Literal, Optional, Union, cast, get_args
 
 from lightning_sparsity.metrics import Metric, as_metric_list
 from lightning_sparsity.pruner import INHERITED_DEFAULTS, Pruner
@@ -44,7 +44,7 @@ class PruningConfig:
 
     def __post_init__(self) -> None:
         if isinstance(self.framework, str) and self.framework.lower() in FRAMEWORKS:
-            self.framework = self.framework.lower()
+            self.framework = cast(Framework, self.framework.lower())  # one of FRAMEWORKS
         else:
             raise ValueError(
                 f"PruningConfig.framework={self.framework!r} is not supported; allowed values: "
@@ -62,7 +62,7 @@ class PruningConfig:
     @property
     def pruners(self) -> list[Pruner]:
         """The pruners with the config's values filled in where they left a field as None."""
-        return list(self.pruner)
+        return list(cast(list[Pruner], self.pruner))  # a list once __post_init__ has run
 
     @property
     def metric_list(self) -> list[Metric]:
@@ -93,7 +93,7 @@ class PruningConfig:
                 "leave the pruner's field as None to take the PruningConfig's",
                 stacklevel=4,
             )
-        still_unset = {name: None for name in pruner.inherited_fields if name not in given}
+        still_unset: dict[str, Any] = {name: None for name in pruner.inherited_fields if name not in given}
         inherited = {name: given[name] for name in pruner.inherited_fields if name in given}
         try:
             return dataclasses.replace(pruner, **inherited, **still_unset)
@@ -117,6 +117,7 @@ def fitted_to_run(pruners: list[Pruner], max_epochs: int, max_steps: int) -> lis
     """
     fitted = []
     for index, pruner in enumerate(pruners):
+        epoch_range = cast(list[int], pruner.epoch_range)  # a Pruner fills it in when left None
         if pruner.prune_type == "PatternLock":
             fitted.append(pruner)
         elif pruner.step_range is not None:
@@ -127,7 +128,7 @@ def fitted_to_run(pruners: list[Pruner], max_epochs: int, max_steps: int) -> lis
                     f"{max_steps}, or raise max_steps / num_train_epochs"
                 )
             fitted.append(pruner)
-        elif pruner.epoch_range[1] < max_epochs:  # the target is reached at the start of the last ramp epoch
+        elif epoch_range[1] < max_epochs:  # the target is reached at the start of the last ramp epoch
             fitted.append(pruner)
         elif "epoch_range" in pruner.inherited_fields:
             last = max(1, int(FITTED_RAMP_FRACTION * max_steps))
@@ -135,10 +136,10 @@ def fitted_to_run(pruners: list[Pruner], max_epochs: int, max_steps: int) -> lis
             fitted.append(dataclasses.replace(pruner, step_range=[0, last], update_frequency=frequency))
         else:
             raise ValueError(
-                f"PruningConfig.pruner[{index}].epoch_range={pruner.epoch_range} does not finish in this run of "
+                f"PruningConfig.pruner[{index}].epoch_range={epoch_range} does not finish in this run of "
                 f"{max_epochs} epoch(s) ({max_steps} optimizer steps; the target is reached at the start of epoch "
-                f"{pruner.epoch_range[1]}): end epoch_range at most at {max_epochs - 1}, raise num_train_epochs to "
-                f"{pruner.epoch_range[1] + 1}, give step_range=[first, last] in optimizer steps, or leave "
+                f"{epoch_range[1]}): end epoch_range at most at {max_epochs - 1}, raise num_train_epochs to "
+                f"{epoch_range[1] + 1}, give step_range=[first, last] in optimizer steps, or leave "
                 "epoch_range as None to have the ramp fitted to the run"
             )
     return fitted

@@ -16,11 +16,12 @@ import importlib.util
 import statistics
 import time
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Optional, cast
 
 import lightning.pytorch as pl
 import torch
 from lightning.pytorch.callbacks import TQDMProgressBar
+from transformers import PreTrainedTokenizerBase
 
 from lightning_sparsity import Pruner, PruningCallback
 from lightning_sparsity.export import save_slimmed, save_sparse
@@ -89,7 +90,7 @@ def main(argv: Optional[list[str]] = None) -> Path:
 
     model_dir = args.output_dir / "model"
     module.model.save_pretrained(model_dir)
-    data.tokenizer.save_pretrained(model_dir)
+    cast(PreTrainedTokenizerBase, data.tokenizer).save_pretrained(model_dir)  # fit set the datamodule up
     compressed = args.output_dir / "model.sparse.safetensors"
     save_sparse(module.model, compressed)
     layers = pruning.report()

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import Any, Optional, Union
+from typing import Any, Optional, Union, cast
 
 import torch
 from torch import Tensor, nn
@@ -57,7 +57,7 @@ def teacher_loss(student_logits: Tensor, teacher_logits: Tensor, temperature: fl
 
 def knowledge_distillation_loss(
     student_logits: Tensor,
-    teacher_logits: Tensor,
+    teacher_logits: Optional[Tensor],
     labels: Optional[Tensor],
     temperature: float = 1.0,
     loss_types: Sequence[str] = ("CE", "CE"),
@@ -72,6 +72,8 @@ def knowledge_distillation_loss(
             raise ValueError("knowledge_distillation_loss needs labels when loss_weights[0] > 0")
         loss = loss + label_weight * nn.functional.cross_entropy(student_logits.float(), labels)
     if teacher_weight > 0:
+        if teacher_logits is None:
+            raise ValueError("knowledge_distillation_loss needs teacher_logits when loss_weights[1] > 0")
         loss = loss + teacher_weight * teacher_loss(student_logits, teacher_logits, temperature, loss_types[1])
     return loss
 
@@ -228,7 +230,9 @@ class KnowledgeDistillation:
     def teacher(self) -> nn.Module:
         """The frozen teacher (loaded from ``teacher_path`` on first use)."""
         if self._teacher is None:
-            self._set_teacher(load_teacher(self.teacher_path))
+            teacher = load_teacher(cast(str, self.teacher_path))  # a path whenever no module was given
+            self._set_teacher(teacher)
+            return teacher
         return self._teacher
 
     def _set_teacher(self, teacher: nn.Module) -> None:

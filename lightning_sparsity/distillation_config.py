@@ -4,7 +4,7 @@ distillation run, turned into a :class:`~lightning_sparsity.distillation.Knowled
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Optional, Union
+from typing import Any, Optional, Union, cast
 
 from torch import nn
 
@@ -52,8 +52,9 @@ class Criterion:
         self.name = self.name.upper()
         self.settings()  # out-of-range values fail here
 
-    def settings(self) -> dict:
+    def settings(self) -> dict[str, Any]:
         """The :class:`KnowledgeDistillation` keyword arguments of this criterion (the teacher aside)."""
+        settings: dict[str, Any]
         if self.name == KNOWLEDGE_LOSS:
             settings = dict(
                 temperature=self.temperature, loss_types=list(self.loss_types), loss_weights=self.loss_weight_ratio
@@ -103,7 +104,7 @@ class DistillationConfig:
                 f"DistillationConfig.framework={self.framework!r} is not supported; allowed values: "
                 f"{', '.join(map(repr, FRAMEWORKS))}"
             )
-        self.framework = self.framework.lower()
+        self.framework = cast(Framework, self.framework.lower())  # one of FRAMEWORKS
         if self.criterion is None:
             self.criterion = Criterion()
         elif not isinstance(self.criterion, Criterion):
@@ -116,4 +117,5 @@ class DistillationConfig:
 
     def distillation(self, teacher_model: Union[nn.Module, str]) -> KnowledgeDistillation:
         """The :class:`KnowledgeDistillation` of this config with ``teacher_model`` (a module or a path)."""
-        return KnowledgeDistillation(teacher_model, **self.criterion.settings())
+        criterion = cast(Criterion, self.criterion)  # set by __post_init__
+        return KnowledgeDistillation(teacher_model, **criterion.settings())

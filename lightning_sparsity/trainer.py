@@ -16,7 +16,7 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional, Union
+from typing import Any, Optional, Union, cast
 
 import lightning.pytorch as pl
 import torch
@@ -134,7 +134,7 @@ class TransformersTrainingModule(TextClassificationModule):
     @override
     def configure_optimizers(self) -> Any:
         optimizer, scheduler = optimizer_and_scheduler(
-            self.training_args, self.model, self.trainer.estimated_stepping_batches
+            self.training_args, self.model, int(self.trainer.estimated_stepping_batches)
         )
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
@@ -202,9 +202,9 @@ class NLPTrainer:
                     f"NLPTrainer with a LightningModule takes datamodule= or train_dataloaders=/val_dataloaders= and "
                     f"lightning.Trainer keyword arguments, not {', '.join(given)} (those need a PreTrainedModel)"
                 )
-            self.module = model
-            self.data = {"datamodule": datamodule, "train_dataloaders": train_dataloaders}
-            self.val_data = {"datamodule": datamodule, "dataloaders": val_dataloaders}
+            self.module: pl.LightningModule = model
+            self.data: dict[str, Any] = {"datamodule": datamodule, "train_dataloaders": train_dataloaders}
+            self.val_data: dict[str, Any] = {"datamodule": datamodule, "dataloaders": val_dataloaders}
             return
         if not isinstance(model, PreTrainedModel):
             raise ValueError(
@@ -235,7 +235,7 @@ class NLPTrainer:
         kind = pl.LightningModule if self.is_lightning_style else PreTrainedModel
         if not isinstance(model, kind):
             raise ValueError(f"NLPTrainer.model must stay a {kind.__name__}, got {type(model).__name__}")
-        if self.is_lightning_style:
+        if isinstance(model, pl.LightningModule):  # is_lightning_style, as checked just above
             self.module = model
         else:
             self.module = TransformersTrainingModule.wrap(model, self.args, self.compute_metrics)
@@ -243,7 +243,9 @@ class NLPTrainer:
 
     @property
     def compute_metrics(self) -> Optional[ComputeMetrics]:
-        return None if self.is_lightning_style else self.module.compute_metrics
+        if self.is_lightning_style:
+            return None
+        return cast(TransformersTrainingModule, self.module).compute_metrics  # what a transformers model gets
 
     @property
     def is_lightning_style(self) -> bool:
@@ -274,17 +276,19 @@ class NLPTrainer:
             samples, steps = len(loader.dataset), len(loader)  # type: ignore[arg-type]
         return {**metrics, **speed_metrics("eval", start, num_samples=samples, num_steps=steps)}
 
-    def predict(self, test_dataset: Dataset) -> Union[PredictionOutput, list]:
+    def predict(self, test_dataset: Dataset) -> Union[PredictionOutput, list, None]:
         """Logits, labels and ``test_*`` metrics (transformers' ``PredictionOutput``); for a LightningModule,
         what ``lightning.Trainer.predict`` returns."""
         trainer = self._new_trainer([])
         if self.is_lightning_style:
             return trainer.predict(self.module, test_dataset)
-        outputs = trainer.predict(self.module, self._loader(test_dataset, train=False))
+        # one list of batch outputs: a single dataloader, predictions returned (the default)
+        outputs = cast(list[_BatchOutputs], trainer.predict(self.module, self._loader(test_dataset, train=False)))
         labels = [batch_labels for _, _, batch_labels in outputs]
         return PredictionOutput(
             predictions=torch.cat([logits for _, logits, _ in outputs]).numpy(),
-            label_ids=None if labels[0] is None else torch.cat(labels).numpy(),
+            # the batches of one dataset all have labels or none
+            label_ids=None if labels[0] is None else torch.cat(cast(list[Tensor], labels)).numpy(),
             metrics=summarize(outputs, self.compute_metrics, "test_"),
         )
 
@@ -438,12 +442,14 @@ class NLPTrainer:
             )
         if not pruning:
             return self.distill(distillation[0], teacher_model)
-        with self._distilling(teacher_model, distillation[0] if distillation else None):
+        if not distillation:
+            return self.prune(pruning[0])
+        with self._distilling(teacher_model, distillation[0]):
             return self.prune(pruning[0])
 
     @contextmanager
-    def _distilling(self, teacher_model: Any, config: Optional[DistillationConfig]) -> Iterator[None]:
-        """Within the block, the module trains against ``teacher_model`` with ``config`` (None: unchanged)."""
+    def _distilling(self, teacher_model: Any, config: DistillationConfig) -> Iterator[None]:
+        """Within the block, the module trains against ``teacher_model`` (None: unchanged) with ``config``."""
         if teacher_model is None:
             yield
             return

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import fields
-from typing import Any
+from typing import Any, cast
 
 import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
@@ -80,7 +80,7 @@ def trainer_settings(args: TrainingArguments, batches_per_epoch: int) -> dict[st
     if _value(args.logging_strategy) == "no":
         settings["logger"] = False
     else:
-        settings["logger"] = CSVLogger(args.output_dir, name="logs")
+        settings["logger"] = CSVLogger(cast(str, args.output_dir), name="logs")  # TrainingArguments fills it in
         logging_every = _interval(args.logging_steps, max_steps)
         settings["log_every_n_steps"] = logging_every if _value(args.logging_strategy) == "steps" else max_steps
     if _value(args.eval_strategy) == "steps":
@@ -92,7 +92,9 @@ def trainer_settings(args: TrainingArguments, batches_per_epoch: int) -> dict[st
     if save_strategy == "no":
         settings["enable_checkpointing"] = False
     else:
-        every = {"every_n_train_steps": _interval(args.save_steps, max_steps)} if save_strategy == "steps" else {}
+        every: dict[str, Any] = (
+            {"every_n_train_steps": _interval(args.save_steps, max_steps)} if save_strategy == "steps" else {}
+        )
         settings["callbacks"].append(
             ModelCheckpoint(dirpath=args.output_dir, filename="checkpoint-{step}", save_top_k=-1, **every)
         )
@@ -135,7 +137,8 @@ def optimizer_and_scheduler(
         optimizer,
         num_warmup_steps=args.get_warmup_steps(num_training_steps),
         num_training_steps=num_training_steps,
-        scheduler_specific_kwargs=args.lr_scheduler_kwargs or {},
+        # TrainingArguments parses a JSON string into a dict
+        scheduler_specific_kwargs=cast(dict[str, Any], args.lr_scheduler_kwargs or {}),
     )
     return optimizer, scheduler
 

@@ -92,6 +92,15 @@ def test_kl_is_the_soft_cross_entropy_less_the_teachers_entropy() -> None:
     assert knowledge_distillation_loss(teacher, teacher, None, 2.0, ("CE", "KL"), (0.0, 1.0)).abs().item() < 1e-6
 
 
+def test_loss_names_what_a_weighted_term_lacks() -> None:
+    logits, labels = torch.zeros(4, 3), torch.tensor([0, 1, 2, 0])
+    with pytest.raises(ValueError, match=r"needs teacher_logits when loss_weights\[1\] > 0"):
+        knowledge_distillation_loss(logits, None, labels, 1.0, ("CE", "KL"), (0.5, 0.5))
+    with pytest.raises(ValueError, match=r"needs labels when loss_weights\[0\] > 0"):
+        knowledge_distillation_loss(logits, logits, None, 1.0, ("CE", "KL"), (0.5, 0.5))
+    assert knowledge_distillation_loss(logits, None, labels, 1.0, ("CE", "KL"), (1.0, 0.0)).item() > 0
+
+
 def test_teacher_gets_no_gradients_no_optimizer_state_and_stays_in_eval() -> None:
     teacher = bert(0).train()
     before = frozen_copy(teacher)

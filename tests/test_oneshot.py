@@ -146,6 +146,15 @@ def test_pruned_weights_are_positive_zero(prune_type):
     assert not torch.signbit(weight[~keep]).any()
 
 
+@pytest.mark.parametrize("prune_type", ["SparseGPT", "Wanda"])
+def test_a_prune_type_that_needs_a_statistic_names_it_when_given_none(prune_type):
+    weight = random_weight(4, 8)
+    with pytest.raises(ValueError, match=f"prune_type='{prune_type}' needs its input statistic"):
+        prune_weight_(
+            prune_type, weight, None, 0.5, parse_pattern("1x1"), "per_tensor", {"block_size": 8, "damping": 0.01}
+        )
+
+
 def test_sparsegpt_decouples_inputs_that_never_fire():
     inputs = correlated_inputs(16, 100)
     inputs[:, 3] = 0.0  # a dead input feature: a zero row and column in the Hessian

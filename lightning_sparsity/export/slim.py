@@ -21,7 +21,7 @@ import json
 from collections import defaultdict
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Optional, Union
+from typing import Any, Optional, Union, cast, overload
 
 import torch
 import transformers
@@ -30,12 +30,13 @@ from torch import Tensor, nn
 from transformers import AutoConfig, PretrainedConfig, PreTrainedModel
 
 from lightning_sparsity.structure import Coupling, analyze, example_input, live_units
-from lightning_sparsity.structure.analysis import call, module_kind, on_device, weight_dim, widths
+from lightning_sparsity.structure.analysis import Kind, call, module_kind, on_device, weight_dim, widths
 
 #: The config attribute (and, for a plain model, the file) holding the new sizes:
 #: ``{"modules": {path: [in, out]}, "attributes": {path: {name: value}}}``.
 SIZES_KEY = "slimmed"
 SIZES_FILE = "slimmed.json"
+SIZES_ATTRIBUTE = "slimmed_sizes"  # where a plain model keeps its sizes
 #: Integer attributes of attention modules that may hold a head count or width (a name must contain one).
 SIZE_WORDS = ("head", "dim", "size", "embed")
 
@@ -54,6 +55,7 @@ def slim(model: nn.Module, example: Any = None) -> nn.Module:
     slimmed = copy.deepcopy(model)
     weights = dict(slimmed.named_parameters())
     features: dict[str, dict[str, Tensor]] = defaultdict(dict)
+    kinds: dict[str, Kind] = {}
     attributes: dict[str, dict[str, int]] = {}
     for coupling in analysis.couplings:
         keep = _at_least_one(live_units(coupling.group, weights))
@@ -66,19 +68,20 @@ def slim(model: nn.Module, example: Any = None) -> nn.Module:
                 width = widths(module, member.kind)[side == "out"]
                 kept = torch.arange(width).reshape(member.segments, coupling.units, -1)[:, keep].reshape(-1)
                 features[member.module][side] = kept
+            kinds[member.module] = member.kind
         if coupling.structure == "head":
             _merge(attributes, _head_attributes(slimmed, coupling, int(keep.sum())))
     sizes = {}
-    for path, kept in features.items():
+    for path, kept_features in features.items():
         module = slimmed.get_submodule(path)
-        _shrink(module, module_kind(module), kept.get("in"), kept.get("out"))
-        sizes[path] = list(widths(module, module_kind(module)))
+        _shrink(module, kinds[path], kept_features.get("in"), kept_features.get("out"))
+        sizes[path] = list(widths(module, kinds[path]))
     _set_attributes(slimmed, attributes)
     record = {"modules": sizes, "attributes": attributes}
     if isinstance(slimmed, PreTrainedModel):
         setattr(slimmed.config, SIZES_KEY, record)
     else:
-        slimmed.slimmed_sizes = record
+        setattr(slimmed, SIZES_ATTRIBUTE, record)
     _check_outputs(model, slimmed, example, sorted(attributes))
     return slimmed
 
@@ -93,10 +96,14 @@ def save_slimmed(model: nn.Module, folder: Union[str, Path], example: Any = None
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
         save_model(slimmed, str(folder / "model.safetensors"))
-        (folder / SIZES_FILE).write_text(json.dumps(slimmed.slimmed_sizes, indent=1))
+        (folder / SIZES_FILE).write_text(json.dumps(getattr(slimmed, SIZES_ATTRIBUTE), indent=1))
     return slimmed
 
 
+@overload
+def load_slimmed(folder: Union[str, Path], model: None = None) -> PreTrainedModel: ...
+@overload
+def load_slimmed(folder: Union[str, Path], model: nn.Module) -> nn.Module: ...
 def load_slimmed(folder: Union[str, Path], model: Optional[nn.Module] = None) -> nn.Module:
     """Loads a model saved by :func:`save_slimmed` (or any ``save_pretrained`` folder), in eval mode.
 
@@ -110,7 +117,7 @@ def load_slimmed(folder: Union[str, Path], model: Optional[nn.Module] = None) ->
             raise ValueError(f"{folder} holds no {SIZES_FILE}: save the model with save_slimmed")
         record = json.loads(sizes.read_text())
         _resize(model, record)
-        model.slimmed_sizes = record
+        setattr(model, SIZES_ATTRIBUTE, record)
         missing, unexpected = load_model(model, str(folder / "model.safetensors"), strict=False)
         if missing or unexpected:
             raise ValueError(
@@ -159,10 +166,11 @@ def _resize(model: nn.Module, record: Mapping[str, Any]) -> None:
     _set_attributes(model, record["attributes"])
 
 
-def _shrink(module: nn.Module, kind: str, inputs: Optional[Tensor], outputs: Optional[Tensor]) -> None:
+def _shrink(module: nn.Module, kind: Kind, inputs: Optional[Tensor], outputs: Optional[Tensor]) -> None:
     """Keeps the ``inputs`` input features and ``outputs`` output features of a boundary module, in place."""
     with torch.no_grad():
         if kind == "norm":
+            assert outputs is not None  # a BatchNorm's side is "both": its kept outputs are always given
             for name in ("weight", "bias", "running_mean", "running_var"):
                 tensor = getattr(module, name, None)
                 if tensor is not None:
@@ -170,30 +178,31 @@ def _shrink(module: nn.Module, kind: str, inputs: Optional[Tensor], outputs: Opt
                     setattr(
                         module, name, nn.Parameter(kept, tensor.requires_grad) if name in module._parameters else kept
                     )
-            module.num_features = len(outputs)
+            _set_sizes(module, {"num_features": len(outputs)})
             return
         if kind == "depthwise":
             inputs = None  # one input per output: the kept outputs say it all
-        weight = module.weight
+        weight = cast(Tensor, module.weight)  # every boundary but BatchNorm (returned above) has a weight
         kept = weight
         if outputs is not None:
             kept = kept.index_select(weight_dim(kind, "out"), outputs.to(weight.device))
         if inputs is not None:
             kept = kept.index_select(weight_dim(kind, "in"), inputs.to(weight.device))
-        module.weight = nn.Parameter(kept.clone(), weight.requires_grad)
+        new_weight = nn.Parameter(kept.clone(), weight.requires_grad)
+        module.weight = new_weight
         bias = getattr(module, "bias", None)
         if outputs is not None and bias is not None:
             module.bias = nn.Parameter(bias.index_select(0, outputs.to(bias.device)), bias.requires_grad)
-    new_in = module.weight.shape[weight_dim(kind, "in")]
-    new_out = module.weight.shape[weight_dim(kind, "out")]
+    shape = new_weight.shape
+    new_in, new_out = shape[weight_dim(kind, "in")], shape[weight_dim(kind, "out")]
     if kind == "conv1d":
-        module.nx, module.nf = new_in, new_out
+        _set_sizes(module, {"nx": new_in, "nf": new_out})
     elif kind == "linear":
-        module.in_features, module.out_features = new_in, new_out
+        _set_sizes(module, {"in_features": new_in, "out_features": new_out})
     elif kind == "depthwise":
-        module.in_channels = module.out_channels = module.groups = new_out
+        _set_sizes(module, {"in_channels": new_out, "out_channels": new_out, "groups": new_out})
     else:
-        module.in_channels, module.out_channels = new_in, new_out
+        _set_sizes(module, {"in_channels": new_in, "out_channels": new_out})
 
 
 def _head_attributes(model: nn.Module, coupling: Coupling, kept: int) -> dict[str, dict[str, int]]:
@@ -215,6 +224,7 @@ def _head_attributes(model: nn.Module, coupling: Coupling, kept: int) -> dict[st
         size = width // coupling.units
         head_size = size if head_size is None else min(head_size, size)
         counts.add(width)
+    assert head_size is not None  # a head coupling has several features per unit: not all its members are "both"
     counts |= {count // head_size for count in counts}
     found: dict[str, dict[str, int]] = {}
     for name, module in model.get_submodule(scope).named_modules(prefix=scope):
@@ -239,9 +249,13 @@ def _merge(into: dict[str, dict[str, int]], found: Mapping[str, Mapping[str, int
 
 def _set_attributes(model: nn.Module, attributes: Mapping[str, Mapping[str, int]]) -> None:
     for path, values in attributes.items():
-        module = model.get_submodule(path)
-        for attribute, value in values.items():
-            setattr(module, attribute, value)
+        _set_sizes(model.get_submodule(path), values)
+
+
+def _set_sizes(module: nn.Module, sizes: Mapping[str, int]) -> None:
+    """Sets integer attributes of ``module`` (torch types a module's attributes as tensors or modules only)."""
+    for attribute, value in sizes.items():
+        setattr(module, attribute, value)
 
 
 def _check_outputs(model: nn.Module, slimmed: nn.Module, example: Any, resized: list[str]) -> None:

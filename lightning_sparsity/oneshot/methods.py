@@ -48,14 +48,16 @@ def prune_weight_(
 ) -> Tensor:
     """Prunes one ``out x in`` weight in place from its input ``statistic`` (the Hessian for SparseGPT, squared
     feature norms for Wanda, None for magnitude); returns the keep-mask (True = kept). Pruned weights are +0.0."""
-    if prune_type == "SparseGPT":
+    if prune_type == "BasicMagnitude":
+        scores = magnitude_scores(weight)
+    elif statistic is None:
+        raise ValueError(f"prune_weight_: prune_type={prune_type!r} needs its input statistic, got None")
+    elif prune_type == "SparseGPT":
         return sparsegpt_prune_(
             weight, statistic, sparsity, pattern, method, int(settings["block_size"]), float(settings["damping"])
         )
-    if prune_type == "Wanda":  # the statistic holds squared input norms
-        scores = wanda_scores(weight, statistic.to(weight.device).sqrt())  # type: ignore[union-attr]
-    else:
-        scores = magnitude_scores(weight)
+    else:  # Wanda: the statistic holds squared input norms
+        scores = wanda_scores(weight, statistic.to(weight.device).sqrt())
     keep = pattern_masks([scores], sparsity, pattern, method)[0]
     weight.masked_fill_(~keep, 0.0)
     return keep

@@ -9,7 +9,7 @@ from typing import Any, Optional
 import torch
 from torch import Tensor, nn
 
-from lightning_sparsity.functional.patterns import METHODS, Method, Pattern, parse_pattern
+from lightning_sparsity.functional.patterns import METHODS, Method, NOfM, Pattern, parse_pattern
 from lightning_sparsity.layers import select_weights
 from lightning_sparsity.oneshot.blocks import Forward, capture_inputs, default_forward, repeated_blocks
 from lightning_sparsity.oneshot.methods import ONE_SHOT_METHODS, ONE_SHOT_TYPES, OneShotType, prune_weight_
@@ -170,9 +170,7 @@ def _check_settings(
         )
     parsed = parse_pattern(pattern)
     kind = ONE_SHOT_METHODS[prune_type]
-    if parsed.is_structured or (
-        not kind.takes_blocks and not parsed.is_n_of_m and (parsed.rows, parsed.cols) != (1, 1)
-    ):
+    if parsed.is_structured or (not kind.takes_blocks and parsed.kind == "blocks"):
         allowed = '"1x1", "N:M"' + (', "NxM" blocks' if kind.takes_blocks else "")
         raise ValueError(f"pattern={pattern!r} does not suit one-shot {prune_type}: use {allowed}")
     if not isinstance(sparsity, (int, float)) or isinstance(sparsity, bool) or not 0.0 <= sparsity < 1.0:
@@ -196,7 +194,9 @@ def _check_settings(
             raise ValueError(f"parameters[{key!r}] must be a finite number > 0, got {value!r}")
         settings[key] = value
     block_size = settings.get("block_size")
-    if block_size is not None and (not float(block_size).is_integer() or (parsed.is_n_of_m and block_size % parsed.m)):
+    if block_size is not None and (
+        not float(block_size).is_integer() or (isinstance(parsed, NOfM) and block_size % parsed.m)
+    ):
         raise ValueError(
             f"parameters['block_size'] must be a whole number{' and a multiple of M' if parsed.is_n_of_m else ''}, "
             f"got {block_size}"

@@ -13,7 +13,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from lightning_sparsity.functional.patterns import Method, Pattern, pattern_masks
+from lightning_sparsity.functional.patterns import Method, NOfM, Pattern, pattern_masks
 
 
 def inverse_hessian_factor(hessian: Tensor, damping: float) -> Tensor:
@@ -59,10 +59,10 @@ def sparsegpt_prune_(
         block_factor = factor[start:stop, start:stop]
         errors = torch.zeros_like(block)
         diagonal = block_factor.diagonal()
-        if not pattern.is_n_of_m:
+        if not isinstance(pattern, NOfM):
             keep[:, start:stop] = chooser.choose(block, diagonal, start)
         for column in range(stop - start):
-            if pattern.is_n_of_m and column % pattern.m == 0:
+            if isinstance(pattern, NOfM) and column % pattern.m == 0:
                 group = slice(column, column + pattern.m)
                 keep[:, start + column : start + column + pattern.m] = chooser.choose(
                     block[:, group], diagonal[group], start + column

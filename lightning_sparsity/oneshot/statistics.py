@@ -32,6 +32,10 @@ class InputStatistic:
     def _add(self, rows: Tensor) -> None:
         raise NotImplementedError
 
+    def value(self) -> Tensor:
+        """The statistic the prune type reads."""
+        raise NotImplementedError
+
 
 class HessianStatistic(InputStatistic):
     """``H = 2 X Xᵀ / tokens`` (``in_features`` squared): the curvature of ``||W X - Ŵ X||²`` (SparseGPT)."""

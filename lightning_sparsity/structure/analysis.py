@@ -22,10 +22,11 @@ import math
 from collections import defaultdict
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 import torch
 from torch import Tensor, nn
+from torch.autograd.graph import Node
 from transformers import PreTrainedModel
 
 from lightning_sparsity.layers import is_conv1d
@@ -101,15 +102,17 @@ def weight_dim(kind: Kind, side: Side) -> int:
     return 1 if side == "in" else 0
 
 
+_WIDTHS: dict[Kind, tuple[str, str]] = {
+    "conv1d": ("nx", "nf"),
+    "linear": ("in_features", "out_features"),
+    "norm": ("num_features", "num_features"),
+}
+
+
 def widths(module: nn.Module, kind: Kind) -> tuple[int, int]:
     """``(input features, output features)`` of a boundary."""
-    if kind == "conv1d":
-        return module.nx, module.nf
-    if kind == "linear":
-        return module.in_features, module.out_features
-    if kind == "norm":
-        return module.num_features, module.num_features
-    return module.in_channels, module.out_channels
+    inputs, outputs = _WIDTHS.get(kind, ("in_channels", "out_channels"))
+    return getattr(module, inputs), getattr(module, outputs)
 
 
 def example_input(model: nn.Module) -> Any:
@@ -124,7 +127,7 @@ def example_input(model: nn.Module) -> Any:
         if model.main_input_name == "input_ids":
             positions = getattr(config, "max_position_embeddings", None) or 2 * EXAMPLE_SEQUENCE
             sequence = max(2, min(EXAMPLE_SEQUENCE, positions // 2))  # half: RoBERTa's positions start past padding
-            vocab = model.get_input_embeddings().num_embeddings
+            vocab = cast(int, model.get_input_embeddings().num_embeddings)  # typed as a Module's attribute
             return {"input_ids": torch.randint(0, vocab, (EXAMPLE_BATCH, sequence), generator=generator)}
         if model.main_input_name == "pixel_values":
             size = config.image_size if isinstance(config.image_size, int) else tuple(config.image_size)[0]
@@ -264,8 +267,7 @@ class _Trace:
                 for feature in range(self.widths[name][0]):
                     self.union(self.node(name, "in", feature), self.node(name, "out", feature))
             features = self.inputs.get(name)
-            sources = _reached(features, owners) if features is not None else []
-            if sources:
+            if features is not None and (sources := _reached(features, owners)):
                 self._link_input(name, features, sources)
         for output in outputs:
             reached = _reached(output, owners)
@@ -354,11 +356,10 @@ def _coupling(
         if segments is None:
             return f"{name} ({side}put features of {units} coupled units, not in regular blocks)"
         kind = trace.kinds[name]
-        if kind in CHANNELWISE:
-            if side == "out":
-                continue
-            side = "both"
-        members.append(Member(name, kind, side, segments))
+        if kind in CHANNELWISE and side == "out":
+            continue
+        member_side = "both" if kind in CHANNELWISE else cast(Side, side)  # a trace's sides are "in" or "out"
+        members.append(Member(name, kind, member_side, segments))
         per_unit[name] = count // segments
     structure: Unit = "neuron" if all(size == 1 for size in per_unit.values()) else "head"
     return Coupling(structure, units, tuple(members), _weights_group(members, units, per_unit))
@@ -377,7 +378,9 @@ def _segments(unit_of: Tensor, units: int, count: int) -> int | None:
 
 
 def _weights_group(members: Sequence[Member], units: int, per_unit: Mapping[str, int]) -> StructuredGroup:
-    rows, columns, layouts = [], [], []
+    rows: list[str] = []
+    columns: list[str] = []
+    layouts: list[tuple[str, int, int]] = []
     for member in members:
         if member.kind == "norm":
             continue  # BatchNorm scales features; it is not a pruned weight
@@ -453,7 +456,8 @@ def _reached(tensor: Tensor, owners: Mapping[int, str]) -> list[str]:
     """The boundaries whose (cut) outputs ``tensor`` was computed from, nearest only."""
     if tensor.grad_fn is None:
         return []
-    found, seen, stack = [], set(), [tensor.grad_fn]
+    found, seen = [], set()
+    stack: list[Node | None] = [tensor.grad_fn]
     while stack:
         function = stack.pop()
         if function is None or id(function) in seen:

@@ -6,9 +6,10 @@ import csv
 import json
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Optional, cast
 
 import lightning.pytorch as pl
+from lightning.fabric.utilities.data import AttributeDict
 from torch.utils.data import DataLoader, Dataset
 from transformers import AutoTokenizer, DataCollatorWithPadding, PreTrainedTokenizerBase
 from typing_extensions import override
@@ -157,6 +158,13 @@ class TextClassificationDataModule(pl.LightningDataModule):
         self.datasets: dict[str, EncodedTexts] = {}
 
     @property
+    @override
+    def hparams(self) -> AttributeDict:
+        """The saved hyperparameters: the AttributeDict that ``save_hyperparameters`` makes (Lightning types it as
+        any mutable mapping, without attribute access)."""
+        return cast(AttributeDict, super().hparams)
+
+    @property
     def num_labels(self) -> int:
         """Distinct labels: the named ones, else one more than the largest integer label seen."""
         if self.label_names is not None:
@@ -168,14 +176,15 @@ class TextClassificationDataModule(pl.LightningDataModule):
     def setup(self, stage: str) -> None:
         if self.datasets:
             return
-        if self.tokenizer is None:
-            self.tokenizer = AutoTokenizer.from_pretrained(self._tokenizer_path())
+        tokenizer = self.tokenizer
+        if tokenizer is None:
+            tokenizer = self.tokenizer = AutoTokenizer.from_pretrained(self._tokenizer_path())
         rows = {split: read_rows(file, self.hparams.column_names) for split, file in self.files.items() if file}
         labelled = {split: split_rows for split, split_rows in rows.items() if split != "predict"}
         for split, split_rows in labelled.items():
             self._check_columns(split, split_rows, [self.hparams.label_column])
         self.label_names = label_names([row[self.hparams.label_column] for r in labelled.values() for row in r])
-        self.datasets = {split: self._encode(split, split_rows) for split, split_rows in rows.items()}
+        self.datasets = {split: self._encode(split, split_rows, tokenizer) for split, split_rows in rows.items()}
 
     def _tokenizer_path(self) -> str:
         if self.hparams.tokenizer_name_or_path is not None:
@@ -197,11 +206,11 @@ class TextClassificationDataModule(pl.LightningDataModule):
                     f"{list(rows[0])} (set text_column, text_pair_column, label_column or column_names)"
                 )
 
-    def _encode(self, split: str, rows: list[dict[str, Any]]) -> EncodedTexts:
+    def _encode(self, split: str, rows: list[dict[str, Any]], tokenizer: PreTrainedTokenizerBase) -> EncodedTexts:
         self._check_columns(split, rows, [])
         texts = [str(row[self.hparams.text_column]) for row in rows]
         pairs = [str(row[self.hparams.text_pair_column]) for row in rows] if self.hparams.text_pair_column else None
-        encodings = self.tokenizer(texts, pairs, truncation=True, max_length=self.hparams.max_length)
+        encodings = tokenizer(texts, pairs, truncation=True, max_length=self.hparams.max_length)
         labels = None
         if split != "predict" or (rows and self.hparams.label_column in rows[0]):
             labels = [self.label_id(row[self.hparams.label_column]) for row in rows]
@@ -220,7 +229,8 @@ class TextClassificationDataModule(pl.LightningDataModule):
             self.datasets[split],
             batch_size=batch_size,
             shuffle=shuffle,
-            collate_fn=DataCollatorWithPadding(self.tokenizer, return_tensors="pt"),
+            # setup, which made the datasets, set the tokenizer
+            collate_fn=DataCollatorWithPadding(cast(PreTrainedTokenizerBase, self.tokenizer), return_tensors="pt"),
             num_workers=self.hparams.num_workers,
         )
 

@@ -5,10 +5,11 @@ from __future__ import annotations
 import importlib.util
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Optional, cast
 
 import lightning.pytorch as pl
 import torch
+from lightning.fabric.utilities.data import AttributeDict
 from torch import nn
 from torchmetrics import Metric, MetricCollection
 from torchmetrics.classification import (
@@ -18,7 +19,7 @@ from torchmetrics.classification import (
     MulticlassMatthewsCorrCoef,
 )
 from transformers import AutoModelForSequenceClassification, PreTrainedModel, get_linear_schedule_with_warmup
-from typing_extensions import override
+from typing_extensions import Self, override
 
 from lightning_sparsity.distillation import KnowledgeDistillation, check_settings
 
@@ -46,7 +47,7 @@ def resolve_model_path(model_name_or_path: str) -> str:
 
 
 def adamw_with_warmup(
-    model: nn.Module, learning_rate: float, weight_decay: float, warmup_ratio: float, total_steps: int
+    model: nn.Module, learning_rate: float, weight_decay: float, warmup_ratio: float, total_steps: float
 ) -> tuple[torch.optim.AdamW, torch.optim.lr_scheduler.LambdaLR]:
     """AdamW without decay on biases and norms, with a linear warm-up over ``warmup_ratio`` of the steps
     and a linear decay to zero; the optimizer and its per-step scheduler."""
@@ -148,6 +149,13 @@ class TextClassificationModule(pl.LightningModule):
                 )
             )
 
+    @property
+    @override
+    def hparams(self) -> AttributeDict:
+        """The saved hyperparameters: the AttributeDict that ``save_hyperparameters`` makes (Lightning types it as
+        any mutable mapping, without attribute access)."""
+        return cast(AttributeDict, super().hparams)
+
     def distill_from(self, distillation: Optional[KnowledgeDistillation]) -> None:
         """Trains from now on with ``distillation``'s loss and teacher (attached here to ``model``);
         None trains on the labels alone again."""
@@ -156,7 +164,7 @@ class TextClassificationModule(pl.LightningModule):
         self.distillation = None if distillation is None else distillation.attach(self.model)
 
     @classmethod
-    def from_model(cls, model: PreTrainedModel, **hparams: Any) -> TextClassificationModule:
+    def from_model(cls, model: PreTrainedModel, **hparams: Any) -> Self:
         """Wraps an existing sequence-classification model instance with the same training logic."""
         hparams.setdefault("num_labels", model.config.num_labels)
         return cls(model_name_or_path=model.config.name_or_path or "", _model=model, **hparams)
@@ -165,7 +173,7 @@ class TextClassificationModule(pl.LightningModule):
     def setup(self, stage: str) -> None:
         if stage == "fit" and self.distillation is not None:
             self.distillation.teacher  # noqa: B018 (a teacher path is loaded here: a bad one fails before training)
-        label_names = getattr(self.trainer.datamodule, "label_names", None) if self.trainer else None
+        label_names = getattr(_datamodule(self.trainer), "label_names", None) if self.trainer else None
         if label_names is None:
             return
         if len(label_names) != self.hparams.num_labels:
@@ -188,13 +196,13 @@ class TextClassificationModule(pl.LightningModule):
             loss = self.distillation.loss(logits, labels, inputs)
         else:
             loss = nn.functional.cross_entropy(logits, labels)
-        accuracy = self.accuracy[f"{stage}_acc"]
+        accuracy = cast(Metric, self.accuracy[f"{stage}_acc"])
         accuracy(logits, labels)
         on_step = stage == "train"
         self.log(f"{stage}_loss", loss, prog_bar=True, on_step=on_step, on_epoch=not on_step, batch_size=len(labels))
         self.log(f"{stage}_acc", accuracy, prog_bar=True, on_step=on_step, on_epoch=True, batch_size=len(labels))
         if stage in self.scores:
-            scores = self.scores[stage]
+            scores = cast(MetricCollection, self.scores[stage])
             scores(logits.argmax(dim=-1), labels)
             self.log_dict(scores, on_step=False, on_epoch=True, batch_size=len(labels))
         return loss
@@ -212,8 +220,8 @@ class TextClassificationModule(pl.LightningModule):
         self._shared_step(batch, "test")
 
     @override
-    def predict_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
-        """Predicted label ids."""
+    def predict_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> Any:
+        """Predicted label ids, a tensor (``Any`` as in Lightning: a subclass may predict more)."""
         return self(**{key: value for key, value in batch.items() if key != "labels"}).argmax(dim=-1)
 
     @override
@@ -232,9 +240,14 @@ class TextClassificationModule(pl.LightningModule):
         if self.hparams.export_dir is None:
             return
         self.model.save_pretrained(self.hparams.export_dir)
-        tokenizer = getattr(self.trainer.datamodule, "tokenizer", None)
+        tokenizer = getattr(_datamodule(self.trainer), "tokenizer", None)
         if tokenizer is not None:
             tokenizer.save_pretrained(self.hparams.export_dir)
+
+
+def _datamodule(trainer: pl.Trainer) -> Optional[pl.LightningDataModule]:
+    """The trainer's datamodule, which Lightning sets on every Trainer without declaring it."""
+    return getattr(trainer, "datamodule", None)
 
 
 def _agreement_scores(num_labels: int, stage: str) -> MetricCollection:
