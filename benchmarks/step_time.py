@@ -46,9 +46,11 @@ BATCH, SEQ = 16, 64
 PRUNE_TYPES = ["BasicMagnitude", "SnipMomentum", "OBS"]  # |w|; scores kept from gradients; a Fisher kept per block
 
 
-def step_time_name(prune_type: str) -> str:
-    """Results of the default prune type are ``step_time``; of another, ``step_time_<prune type>``."""
-    return "step_time" if prune_type == PRUNE_TYPES[0] else f"step_time_{prune_type.lower()}"
+def step_time_name(prune_type: str, threads: int = 1) -> str:
+    """Results of the default prune type on one thread are ``step_time``; of another, ``step_time_<prune type>``;
+    on more threads, ``..._<threads>threads``."""
+    name = "step_time" if prune_type == PRUNE_TYPES[0] else f"step_time_{prune_type.lower()}"
+    return name if threads == 1 else f"{name}_{threads}threads"
 
 
 class Classifier(pl.LightningModule):
@@ -223,7 +225,7 @@ def main() -> None:
             step_rows(rows),
         )
     )
-    save(results_name(step_time_name(args.prune_type), args.device), result)
+    save(results_name(step_time_name(args.prune_type, args.threads), args.device), result)
 
 
 if __name__ == "__main__":
