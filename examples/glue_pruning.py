@@ -16,6 +16,7 @@ comes from local files (no download), and the metrics come from torchmetrics ins
 
 from __future__ import annotations
 
+import logging
 import sys
 from dataclasses import dataclass, field
 from typing import Any, Optional
@@ -96,6 +97,8 @@ def encode(
 def main(argv: Optional[list[str]] = None) -> NLPTrainer:
     parser = HfArgumentParser((ModelArguments, DataTrainingArguments, TrainingArguments, OptimizationArguments))
     model_args, data_args, training_args, optim_args = parser.parse_args_into_dataclasses(args=argv)
+    # as the original example does: Python logging to stdout, so that --log_level info shows the pruning's progress
+    logging.basicConfig(format="%(levelname)s - %(name)s - %(message)s", handlers=[logging.StreamHandler(sys.stdout)])
 
     _, _, label_column, column_names = TASKS[data_args.task_name]
     train_rows = read_rows(data_args.train_file, column_names)[: data_args.max_train_samples]

@@ -245,7 +245,7 @@ def test_bad_constructor_arguments_are_clear_errors(tmp_path):
         NLPTrainer(model=tiny_model(), args=training_args(tmp_path)).evaluate()
 
 
-def test_glue_example_prunes_a_local_tsv_slice(tmp_path, monkeypatch):
+def test_glue_example_prunes_a_local_tsv_slice(tmp_path, monkeypatch, caplog):
     root = Path(__file__).parents[1]
     spec = importlib.util.spec_from_file_location("glue_pruning", root / "examples" / "glue_pruning.py")
     example = importlib.util.module_from_spec(spec)
@@ -270,10 +270,14 @@ def test_glue_example_prunes_a_local_tsv_slice(tmp_path, monkeypatch):
             "--save_strategy=no",
             "--logging_strategy=no",
             "--disable_tqdm=true",
+            "--log_level=info",
             f"--output_dir={tmp_path / 'out'}",
         ]
     )  # fmt: skip
     assert trainer.pruning_report.metric.names == ["eval_accuracy"]
+    logged = [r.getMessage() for r in caplog.records if r.name.startswith("lightning_sparsity")]
+    assert any(m.startswith("dense baseline: eval_accuracy=") for m in logged), logged  # --log_level info shows it
+    assert any(m.startswith("pruning done:") for m in logged)
     saved = BertForSequenceClassification.from_pretrained(tmp_path / "out")
     query = saved.bert.encoder.layer[0].attention.self.query.weight
     assert int((query == 0).sum()) == round(0.6 * query.numel())
