@@ -95,6 +95,7 @@ def _step_time(name: str = "step_time", heading: str = "##") -> str:
     )
     _plot_step_time(result, name)
     kind = "" if prune_type == PRUNE_TYPES[0] else f", {prune_type}"
+    kind += "" if result["threads"] == 1 else f", {result['threads']} torch threads"
     return (
         f"{heading} Training step time with the callback / without{kind}\n\n{result['setup']}; {result['rounds']} "
         f"rounds of {result['steps_per_fit']} timed steps; {result['threads']} torch thread(s); measured "
