@@ -54,7 +54,7 @@ class Sparsifier:
         self.last_update: Optional[int] = None
         self.current_target = 0.0
         self.steps = 0  # optimizer steps taken, the clock of step-counted ramps
-        self._derived_from: Optional[dict[str, Tensor]] = None  # the masks the next three are worked out from
+        self._derived_from: Optional[dict[str, Tensor]] = None  # the masks the fields below are worked out from
         self._small_weights: list[Tensor] = []
         self._small_drops: list[Tensor] = []  # 1.0 where pruned, in the weights' dtype
         self._small_zeros: list[Tensor] = []  # one zero tensor per shape, dtype and device, shared
@@ -195,8 +195,8 @@ class Sparsifier:
         checkpoints would then store as values to stay bit-exact; adding 0.0 turns -0.0 into +0.0 and
         changes nothing else). ``mul_`` by the mask's uint8 view + ``add_`` is several times faster than
         ``masked_fill_`` on CPU. Small weights, whose cost is the call and not the arithmetic, take one multi-tensor
-        ``lerp_`` towards zero by their pruned positions (1.0 there, in their own dtype): a weight of 0 leaves a value
-        as it is, a weight of 1 gives +0.0, in one call for all where ``mul_`` + ``add_`` take two.
+        ``lerp_`` towards zero by their pruned positions (1.0 there, in their own dtype): a weight of 0 leaves a finite
+        value as it is, a weight of 1 gives +0.0, in one call for all where ``mul_`` + ``add_`` take two.
         """
         self._derive_from_masks()
         if self._small_weights:
