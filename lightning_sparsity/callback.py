@@ -9,7 +9,16 @@ from typing import Any, Optional, Union, cast
 import lightning.pytorch as pl
 import torch
 from lightning.pytorch.callbacks import Callback
-from lightning.pytorch.strategies import DeepSpeedStrategy, FSDPStrategy, ModelParallelStrategy
+from lightning.pytorch.strategies import (
+    DDPStrategy,
+    DeepSpeedStrategy,
+    FSDPStrategy,
+    ModelParallelStrategy,
+    SingleDeviceStrategy,
+    SingleDeviceXLAStrategy,
+    Strategy,
+    XLAStrategy,
+)
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from torch import Tensor, nn
 from torch.optim import Optimizer
@@ -26,8 +35,16 @@ from lightning_sparsity.structure import structured_groups
 
 _STATE_FORMAT = 3  # 3: prune-type state apart, step counts; 2: masks packed 8 to a byte; 1: boolean masks
 _READABLE_FORMATS = (1, 2, 3)
-#: Strategies that shard or re-create the weights, so masks bound at ``setup`` would miss them.
-_SHARDING_STRATEGIES = (FSDPStrategy, DeepSpeedStrategy, ModelParallelStrategy)
+#: The strategies pruning is tested under (docs/reliability.md, "Strategies"); any other is refused at ``setup``.
+_SUPPORTED_STRATEGIES = (SingleDeviceStrategy, DDPStrategy, ModelParallelStrategy)
+#: Strategies refused with the reason: they keep copies of the weights that the masks would not reach.
+_REFUSED_STRATEGIES = {
+    DeepSpeedStrategy: "DeepSpeed keeps fp32 master weights (and, in ZeRO-3, the parameters) outside the module, "
+    "where the masks are not applied",
+    FSDPStrategy: "FSDP1 flattens the weights into FlatParameters; its use_orig_params views are not tested",
+    XLAStrategy: "XLA strategies are not tested",
+    SingleDeviceXLAStrategy: "XLA strategies are not tested",
+}
 
 
 class PruningCallback(Callback):
@@ -111,11 +128,8 @@ class PruningCallback(Callback):
 
     @override
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
-        if stage == "fit" and isinstance(trainer.strategy, _SHARDING_STRATEGIES):
-            raise ValueError(
-                f"PruningCallback does not support strategy {type(trainer.strategy).__name__}: it shards the weights "
-                'the masks are bound to; use a single device or strategy="ddp" / "ddp_spawn" / "ddp_fork"'
-            )
+        if stage == "fit":
+            _check_strategy(trainer.strategy)
 
     @override
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -137,14 +151,21 @@ class PruningCallback(Callback):
                     f"{sparsifier.numel:,} values"
                 )
         self._check_no_other_callback_prunes(trainer)
-        if self._restored is not None:
-            for sparsifier, state in zip(self.sparsifiers, self._restored["states"], strict=True):
-                sparsifier.load_state_dict(state, steps_taken=trainer.global_step)
-            self._restored = None
+        self._load_restored(trainer)
         for sparsifier in self.sparsifiers:
             sparsifier.follow_weights()
             sparsifier.criterion.attach()
         self._hook_optimizers(trainer)
+
+    def _load_restored(self, trainer: pl.Trainer) -> None:
+        """Hands checkpointed state to the sparsifiers: at ``on_fit_start``, or at ``on_train_start`` under
+        strategies that restore checkpoints after ``on_fit_start`` (FSDP2's ModelParallelStrategy)."""
+        if self._restored is None:
+            return
+        for sparsifier, state in zip(self.sparsifiers, self._restored["states"], strict=True):
+            sparsifier.load_state_dict(state, steps_taken=trainer.global_step)
+            sparsifier.follow_weights()
+        self._restored = None
 
     def _bound_to(self, pl_module: pl.LightningModule) -> bool:
         """Whether the sparsifiers hold this model's weights already (a further fit of the same model keeps its
@@ -267,6 +288,7 @@ class PruningCallback(Callback):
 
     @override
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._load_restored(trainer)
         self._warn_if_step_ramp_outlasts(trainer)
         for sparsifier in self.sparsifiers:
             if not sparsifier.criterion.follows_schedule:
@@ -427,6 +449,20 @@ class PruningCallback(Callback):
                 "weights alone (LightningModule.load_state_dict) to start a new pruning run from them"
             )
         self._restored = state_dict
+
+
+def _check_strategy(strategy: Strategy) -> None:
+    """Refuses a strategy that pruning is not tested under, naming the ones it is."""
+    name = strategy.__class__.__name__
+    reason = next((why for kind, why in _REFUSED_STRATEGIES.items() if isinstance(strategy, kind)), None)
+    if reason is None and not isinstance(strategy, _SUPPORTED_STRATEGIES):
+        reason = "it is not among the strategies pruning is tested under"
+    if reason is not None:
+        raise ValueError(
+            f"PruningCallback does not support strategy {name}: {reason}. Use a single device, "
+            'strategy="ddp" / "ddp_spawn" / "ddp_fork", or ModelParallelStrategy (FSDP2: fully_shard in '
+            "configure_model) to shard the model"
+        )
 
 
 def _describe_difference(saved: list[dict], current: list[dict]) -> str:

@@ -2,19 +2,24 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Optional, cast
 
 import torch
+import torch.distributed as dist
 from torch import Tensor, nn
 
 from lightning_sparsity.functional.bits import pack_bits, unpack_bits
 from lightning_sparsity.functional.criteria import all_finite
 from lightning_sparsity.functional.patterns import pattern_masks
 from lightning_sparsity.functional.schedules import last_update_point, ramp_progress, scheduled_sparsity
+from lightning_sparsity.functional.selection import LOCAL, Selection
+from lightning_sparsity.functional.sharded_selection import ShardedSelection
 from lightning_sparsity.layers import as_out_in
+from lightning_sparsity.prune_types.base import prune_type_class, prune_types
 from lightning_sparsity.pruner import Pruner
 from lightning_sparsity.report import LayerSparsity
+from lightning_sparsity.sharding import check_tiling, gathered, local_rows, local_view, row_shard, summed
 from lightning_sparsity.structure import StructuredGroup, structured_masks
 
 #: Weights of at most this many values keep their pruned positions as 1.0 in their own dtype for the per-step
@@ -30,6 +35,11 @@ class Sparsifier:
     (``steps``, of the optimizer that holds the weights) when the pruner has a ``step_range``, else in epochs.
     Masks only grow sparser: a pruned weight stays pruned. With ``groups`` (``head``/``channel`` patterns),
     whole units of the groups are scored and pruned together across their weights.
+
+    Weights split across processes by rows (FSDP2's DTensor parameters) keep masks and the prune type's state for
+    their local rows only (``local``), and the selection spans all processes: the same masks as one process on the
+    whole weights. Mask updates, :meth:`report_rows`, :meth:`state_dict` and :meth:`load_state_dict` are then
+    collective (every process calls them).
     """
 
     def __init__(
@@ -41,6 +51,10 @@ class Sparsifier:
     ) -> None:
         self.pruner = pruner
         self.weights = weights
+        self.shards = {name: row_shard(name, weight) for name, weight in weights.items()}  # None: held whole
+        self.sharded = any(shard is not None for shard in self.shards.values())
+        self.local = {name: local_view(weight) for name, weight in weights.items()}  # what masks are applied to
+        self._local_sources = self._sources()
         self.modules = dict(modules or {})  # each weight's layer, where known: Conv1D weights are stored in x out
         self.numel = sum(w.numel() for w in weights.values())  # read every step by the logged sparsity
         self.groups = list(groups)
@@ -49,7 +63,7 @@ class Sparsifier:
         self.target = cast(float, pruner.target_sparsity_ratio)
         self.initial = cast(float, pruner.initial_sparsity_ratio)
         self.ramp = cast(list[int], pruner.step_range if pruner.step_range is not None else pruner.epoch_range)
-        self.criterion = pruner.prune_type_class(pruner.settings, self.weights, self.modules, self.pattern)
+        self.criterion = pruner.prune_type_class(pruner.settings, self.local, self.modules, self.pattern)
         self.masks: dict[str, Tensor] = {}
         self.last_update: Optional[int] = None
         self.current_target = 0.0
@@ -61,9 +75,64 @@ class Sparsifier:
         self._large_weights: list[Tensor] = []
         self._large_keeps: list[Tensor] = []  # uint8 views of the masks
         self._pruned = 0
+        if self.sharded:
+            self._check_sharded()
         for name, weight in weights.items():
             _check_weight(name, self._out_in(name, weight), pruner)  # the weight as out_features x in_features
             self.criterion.check_weight(name, weight)
+
+    def _check_sharded(self) -> None:
+        """Refuses, before training, what cannot be pruned exactly on row shards (collective: checks the tiling)."""
+        pruner, kind = self.pruner, type(self.criterion)
+        fix = "prune these weights without sharding them (exclude them from fully_shard), or exclude them here"
+        if not kind.shards:
+            shardable = ", ".join(name for name in prune_types() if prune_type_class(name).shards)
+            raise ValueError(
+                f"prune_type={pruner.prune_type!r} has no sharded implementation; under FSDP2 use one of {shardable}, "
+                f"or {fix}"
+            )
+        if self.groups or self.is_one_shot:
+            what = "structured patterns (head / neuron)" if self.groups else "one-shot pruning (step_range=[0, 0])"
+            raise ValueError(f"{what} cannot run on weights split across processes; {fix}")
+        for name, shard in self.shards.items():
+            if shard is None:
+                continue
+            if self._out_in(name, self.weights[name]) is not self.weights[name]:
+                raise ValueError(
+                    f"weight {name!r} is stored in x out (Conv1D or a transposed convolution), so its row shards split "
+                    f"its input features; {fix}"
+                )
+            unit_rows = self.pattern.unit_rows(shard.shape)
+            if shard.offset % unit_rows or shard.rows % unit_rows:
+                raise ValueError(
+                    f"Pruner.pattern={pruner.pattern!r} prunes blocks of {unit_rows} rows, but this process holds rows "
+                    f"{shard.offset}..{shard.offset + shard.rows} of weight {name!r}: a block would straddle two "
+                    "processes; use a pattern of one row per unit (1x1, 1xM, N:M) or a shard size that the block "
+                    "height divides"
+                )
+        check_tiling({name: shard for name, shard in self.shards.items() if shard is not None})
+
+    def _sources(self) -> list[Any]:
+        """What each local view was taken from (a DTensor's local tensor), to notice when FSDP replaces one."""
+        return [getattr(w, "_local_tensor", w) for w in self.weights.values()]
+
+    def _selection(self) -> Selection:
+        """How masks are selected: in this process, or across the processes that hold the weights' row ranges (a
+        weight held whole in a sharded run counts on rank zero)."""
+        if not self.sharded:
+            return LOCAL
+        offsets = [0 if shard is None else shard.offset for shard in self.shards.values()]
+        primary = [dist.get_rank() == 0 if shard is None else shard.primary for shard in self.shards.values()]
+        return ShardedSelection(offsets, primary)
+
+    def _summed(self, counts: Mapping[str, int]) -> list[int]:
+        """Counts of this process's rows of some weights (by name), summed over the processes (collective when
+        sharded)."""
+        if not self.sharded:
+            return list(counts.values())
+        primary = dict(zip(self.weights, cast(ShardedSelection, self._selection()).primary, strict=True))
+        device = next(iter(self.local.values())).device
+        return summed([count if primary[name] else 0 for name, count in counts.items()], device)
 
     @property
     def counts_steps(self) -> bool:
@@ -86,17 +155,19 @@ class Sparsifier:
         return self.target
 
     def report_rows(self) -> list[LayerSparsity]:
-        """One row per weight: name, shape, zeros measured on the weight, current and final target."""
+        """One row per weight: name, shape, zeros measured on the weight (over every process's rows: one
+        all-reduce), current and final target."""
+        zeros = self._summed({name: int((local == 0).sum()) for name, local in self.local.items()})
         return [
             LayerSparsity(
                 name=name,
                 shape=tuple(weight.shape),
                 numel=weight.numel(),
-                zeros=int((weight == 0).sum()),
+                zeros=count,
                 target=self.current_target,
                 final_target=self.final_target,
             )
-            for name, weight in self.weights.items()
+            for (name, weight), count in zip(self.weights.items(), zeros, strict=True)
         ]
 
     def unreachable_targets(self, tolerance: float = 0.01) -> dict[str, float]:
@@ -117,7 +188,7 @@ class Sparsifier:
     def lock_existing_zeros(self) -> None:
         """For a prune type without a ramp (PatternLock): the zeros the weights hold now become the masks, once."""
         if not self.masks:
-            self.masks = {name: w.detach() != 0 for name, w in self.weights.items()}
+            self.masks = {name: w.detach() != 0 for name, w in self.local.items()}
             self.current_target = self.mask_sparsity()
 
     def step(self, now: int) -> bool:
@@ -137,15 +208,15 @@ class Sparsifier:
     @torch.no_grad()
     def update_masks(self, sparsity: float) -> None:
         """Recomputes the masks to prune a ``sparsity`` fraction and zeroes the pruned weights."""
-        if not all_finite(self.weights.values()):
-            name = next(name for name, weight in self.weights.items() if not all_finite([weight]))
+        if not self._all_finite():
+            name = next((name for name, weight in self.local.items() if not all_finite([weight])), "of another rank")
             raise FloatingPointError(
                 f"weight {name!r} holds NaN or infinite values at a pruning mask update; lower the "
                 "learning rate, enable gradient clipping (Trainer(gradient_clip_val=...)) or use fp32"
             )
         previous = self.masks
         self.criterion.before_mask_update(previous)
-        scores = (self._scores_for(name, weight) for name, weight in self.weights.items())
+        scores = (self._scores_for(name, weight) for name, weight in self.local.items())
         if self.groups:
             named_scores = dict(zip(self.weights, scores, strict=True))
             self.masks = structured_masks(self.groups, named_scores, sparsity, self.pruner.scope)
@@ -153,9 +224,9 @@ class Sparsifier:
             bounds = (self.pruner.min_sparsity_ratio_per_layer, self.pruner.max_sparsity_ratio_per_layer)
             settings = (sparsity, self.pattern, self.pruner.method, self.pruner.scope, bounds)
             matrices = (self._out_in(name, s) for name, s in zip(self.weights, scores, strict=True))
-            on_cpu = all(weight.device.type == "cpu" for weight in self.weights.values())
-            if self.pruner.scope == "global" or not on_cpu:  # a GPU sorts equal-sized tensors together
-                keeps = pattern_masks(list(matrices), *settings)
+            on_cpu = all(weight.device.type == "cpu" for weight in self.local.values())
+            if self.pruner.scope == "global" or not on_cpu or self.sharded:  # a GPU sorts equal-sized tensors together
+                keeps = pattern_masks(list(matrices), *settings, selection=self._selection())
             else:  # tensor by tensor on the CPU, so that one score tensor is alive at a time
                 keeps = [pattern_masks([matrix], *settings)[0] for matrix in matrices]
             self.masks = {
@@ -165,6 +236,11 @@ class Sparsifier:
         self.criterion.after_mask_update(previous, self.masks, self.target_reached)
         self.apply_masks()
 
+    def _all_finite(self) -> bool:
+        """Whether no weight holds inf or NaN, on any process."""
+        finite = all_finite(self.local.values())
+        return finite if not self.sharded else not sum(self._summed({name: int(not finite) for name in self.local}))
+
     def _out_in(self, name: str, tensor: Tensor) -> Tensor:
         """A weight-shaped tensor seen as ``out_features x in_features`` (transposed for a Conv1D weight)."""
         module = self.modules.get(name)
@@ -173,7 +249,7 @@ class Sparsifier:
     def follow_weights(self) -> None:
         """Moves masks and criterion state to their weights' devices: Lightning moves the model to the CPU after a
         fit on a GPU, and a later fit may run on another device than the one the masks were made on."""
-        self.masks = {name: mask.to(self.weights[name].device) for name, mask in self.masks.items()}
+        self.masks = {name: mask.to(self.local[name].device) for name, mask in self.masks.items()}
         self.criterion.load_state_dict(self.criterion.state_dict())  # its loading moves tensors to their weights
 
     def rebind(self, weights: Mapping[str, nn.Parameter]) -> None:
@@ -185,6 +261,9 @@ class Sparsifier:
                     f"had {tuple(self.weights[name].shape)}): its mask no longer fits; prune the new model afresh"
                 )
             self.weights[name] = weight
+            self.shards[name] = row_shard(name, weight)
+            self.local[name] = local_view(weight)  # the criterion holds this dict: it follows too
+        self._local_sources = self._sources()
         self._derived_from = None
 
     @torch.no_grad()
@@ -198,6 +277,8 @@ class Sparsifier:
         ``lerp_`` towards zero by their pruned positions (1.0 there, in their own dtype): a weight of 0 leaves a finite
         value as it is, a weight of 1 gives +0.0, in one call for all where ``mul_`` + ``add_`` take two.
         """
+        if self.sharded and self._sources() != self._local_sources:  # FSDP re-created a local tensor
+            self.rebind(dict(self.weights))
         self._derive_from_masks()
         if self._small_weights:
             torch._foreach_lerp_(self._small_weights, self._small_zeros, self._small_drops)
@@ -207,8 +288,20 @@ class Sparsifier:
 
     def before_optimizer_step(self, skip_non_finite: bool = True) -> None:
         """Lets the prune type read this step's gradients (``skip_non_finite``: fp16 AMP's GradScaler skips steps
-        whose gradients hold inf or NaN; the check waits for the GPU, so it is left out without a scaler)."""
-        self.criterion.before_optimizer_step(skip_non_finite)
+        whose gradients hold inf or NaN; the check waits for the GPU, so it is left out without a scaler). Sharded
+        weights' local views carry their local gradients for the call."""
+        if not self.sharded:
+            self.criterion.before_optimizer_step(skip_non_finite)
+            return
+        for name, weight in self.weights.items():
+            if weight is not self.local[name]:
+                self.local[name].grad = None if weight.grad is None else local_view(weight.grad)
+        try:
+            self.criterion.before_optimizer_step(skip_non_finite)
+        finally:
+            for name, weight in self.weights.items():
+                if weight is not self.local[name]:
+                    self.local[name].grad = None
 
     def _scores_for(self, name: str, weight: Tensor) -> Tensor:
         """The criterion's scores, already-pruned weights at the lowest finite value so that they stay pruned
@@ -234,23 +327,25 @@ class Sparsifier:
         self._derived_from = self.masks
         small = [name for name, mask in self.masks.items() if mask.numel() <= SMALL_WEIGHT]
         large = [name for name in self.masks if name not in small]
-        self._small_weights = [self.weights[name] for name in small]
-        self._small_drops = [self.masks[name].logical_not().to(self.weights[name].dtype) for name in small]
+        self._small_weights = [self.local[name] for name in small]
+        self._small_drops = [self.masks[name].logical_not().to(self.local[name].dtype) for name in small]
         zeros: dict[tuple[Any, ...], Tensor] = {}
         self._small_zeros = [
             zeros.setdefault((w.shape, w.dtype, w.device), torch.zeros_like(w, memory_format=torch.contiguous_format))
             for w in self._small_weights
         ]
-        self._large_weights = [self.weights[name] for name in large]
+        self._large_weights = [self.local[name] for name in large]
         self._large_keeps = [self.masks[name].view(torch.uint8) for name in large]  # multiplies faster than bool
         kept = [torch.count_nonzero(m) for m in self.masks.values()]  # all counted before one is read: one GPU wait
-        self._pruned = sum(m.numel() for m in self.masks.values()) - sum(int(count) for count in kept)
+        pruned = {name: m.numel() - int(count) for (name, m), count in zip(self.masks.items(), kept, strict=True)}
+        self._pruned = sum(self._summed(pruned))
 
     def state_dict(self) -> dict[str, Any]:
-        """Masks packed 8 to a byte (uint8), the prune type's state and the schedule position."""
+        """Masks packed 8 to a byte (uint8), the prune type's state and the schedule position; sharded weights'
+        masks and state gathered whole (Lightning writes the callback's state from rank zero)."""
         return {
-            "masks": {name: pack_bits(mask) for name, mask in self.masks.items()},
-            "criterion": self.criterion.state_dict(),
+            "masks": {name: pack_bits(self._whole(name, mask)) for name, mask in self.masks.items()},
+            "criterion": _by_weight(self.criterion.state_dict(), self._whole),
             "last_update": self.last_update,
             "current_target": self.current_target,
             "steps": self.steps,
@@ -273,7 +368,7 @@ class Sparsifier:
                 "done": self.target_reached,
             }
         _check_names(self, _field({"criterion": criterion}, "criterion", dict))
-        self.criterion.load_state_dict(criterion)
+        self.criterion.load_state_dict(_by_weight(criterion, self._local_part))
         self.masks, self.last_update = masks, last_update
         self.steps = (
             int(_checked_number(state, "steps", 0, float("inf"), integer=True)) if "steps" in state else steps_taken
@@ -289,7 +384,7 @@ class Sparsifier:
                 "with the pruning configuration that wrote the checkpoint"
             )
         if isinstance(mask, Tensor) and mask.dtype == torch.bool and mask.shape == weight.shape:
-            return mask.to(weight.device)
+            return self._local_part(name, mask.to(self.local[name].device))
         packed_size = (weight.numel() + 7) // 8
         if not (isinstance(mask, Tensor) and mask.dtype == torch.uint8 and mask.shape == (packed_size,)):
             found = f"{mask.dtype} of shape {tuple(mask.shape)}" if isinstance(mask, Tensor) else type(mask).__name__
@@ -298,7 +393,29 @@ class Sparsifier:
                 f"packed uint8 bytes or a bool tensor of shape {tuple(weight.shape)}: the checkpoint is damaged or was "
                 "written for another model"
             )
-        return unpack_bits(mask.to(weight.device), weight.shape)
+        return self._local_part(name, unpack_bits(mask.to(self.local[name].device), weight.shape))
+
+    def _whole(self, name: str, tensor: Tensor) -> Tensor:
+        """A weight-shaped tensor of this process's rows made whole (collective), as it is when unsharded."""
+        shard = self.shards.get(name)
+        if shard is None or tuple(tensor.shape) != tuple(self.local[name].shape):
+            return tensor
+        return gathered(tensor, shard)
+
+    def _local_part(self, name: str, tensor: Tensor) -> Tensor:
+        """This process's rows of a whole weight-shaped tensor from a checkpoint."""
+        shard = self.shards.get(name)
+        if shard is None or tuple(tensor.shape) != tuple(shard.shape):
+            return tensor
+        return local_rows(tensor, shard)
+
+
+def _by_weight(state: Mapping[str, Any], change: Callable[[str, Tensor], Tensor]) -> dict[str, Any]:
+    """A prune type's state with ``change(name, tensor)`` applied to its tensors by weight name."""
+    return {
+        key: {name: change(name, t) for name, t in entries.items()} if isinstance(entries, dict) else entries
+        for key, entries in state.items()
+    }
 
 
 def _field(state: Mapping[str, Any], key: str, kind: type) -> Any:

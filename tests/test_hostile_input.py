@@ -18,7 +18,7 @@ import pytest
 import torch
 from helpers import TinyBert, make_trainer, toy_loader
 from jsonargparse import ArgumentError, ArgumentParser
-from lightning.pytorch.strategies import FSDPStrategy, Strategy
+from lightning.pytorch.strategies import DeepSpeedStrategy, FSDPStrategy, Strategy
 from torch import nn
 
 from lightning_sparsity import Pruner, PruningCallback
@@ -220,6 +220,18 @@ CASES: list[tuple[str, Callable[[Path], Any], type[BaseException], str]] = [
         r"'model.bert.*query.weight' is frozen",
     ),
     ("FSDP", lambda _: setup_under(FSDPStrategy()), ValueError, r"does not support strategy .*FSDPStrategy.*ddp"),
+    (
+        "DeepSpeed",
+        lambda _: setup_under(mock.Mock(spec=DeepSpeedStrategy)),
+        ValueError,
+        r"does not support strategy DeepSpeedStrategy: DeepSpeed keeps fp32 master weights.*ModelParallelStrategy",
+    ),
+    (
+        "unknown strategy",
+        lambda _: setup_under(mock.Mock(spec=Strategy)),
+        ValueError,
+        r"does not support strategy Strategy: it is not among the strategies pruning is tested under",
+    ),
     # Schedules that cannot finish: a warning before the first step.
     (
         "epoch_range past max_epochs",

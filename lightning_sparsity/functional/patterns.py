@@ -25,7 +25,7 @@ from typing import Literal, get_args
 import torch
 from torch import Tensor
 
-from lightning_sparsity.functional.selection import smallest_k_each, smallest_k_mask
+from lightning_sparsity.functional.selection import LOCAL, Selection
 
 Method = Literal["per_tensor", "per_channel"]
 Scope = Literal["local", "global"]
@@ -87,6 +87,11 @@ class Pattern:
         rows, columns = self.unit_scores(torch.zeros(shape[0], _in_features(shape))).shape
         return rows, columns
 
+    def unit_rows(self, shape: torch.Size) -> int:
+        """How many rows (output features) a unit spans: a weight split by rows into ranges of whole units keeps each
+        unit in one range (sharded training)."""
+        return 1
+
     def units(self, shape: torch.Size) -> int:
         """How many units a weight of ``shape`` has."""
         rows, columns = self.unit_grid(shape)
@@ -122,6 +127,9 @@ class Blocks(Pattern):
     def unit_grid(self, shape: torch.Size) -> tuple[int, int]:
         rows, cols = self.block_shape(shape)
         return shape[0] // rows, _in_features(shape) // cols
+
+    def unit_rows(self, shape: torch.Size) -> int:
+        return self.block_shape(shape)[0]
 
 
 @dataclass(frozen=True)
@@ -190,8 +198,8 @@ def _block_side(side: str) -> int | None:
 
 
 def as_matrix(weight: Tensor) -> Tensor:
-    """The ``out_features x in_features`` view of a Linear or Conv weight."""
-    return weight.reshape(weight.shape[0], -1)
+    """The ``out_features x in_features`` view of a Linear or Conv weight (or of none of its rows)."""
+    return weight.reshape(weight.shape[0], _in_features(weight.shape))
 
 
 def block_reduce(matrix: Tensor, rows: int, cols: int) -> Tensor:
@@ -222,6 +230,7 @@ def pattern_masks(
     method: Method = "per_tensor",
     scope: Scope = "local",
     layer_bounds: tuple[float, float] = (0.0, 1.0),
+    selection: Selection = LOCAL,
 ) -> list[Tensor]:
     """Boolean keep-masks (False = pruned), shaped like ``scores``, that prune a ``sparsity`` fraction.
 
@@ -232,27 +241,30 @@ def pattern_masks(
     ``layer_bounds = (low, high)`` keeps each tensor's sparsity within ``[min(low, sparsity), high]``
     (INC's ``min/max_sparsity_ratio_per_op``): local scope caps the ratio at ``high``; global scope picks
     the lowest scores under those per-tensor limits. Scores of ``-inf`` mark weights that must stay
-    pruned; lower scores are pruned first.
+    pruned; lower scores are pruned first. ``selection`` selects in tensors split across processes by rows
+    (``ShardedSelection``), each process passing its rows of every tensor.
     """
     if not 0.0 <= sparsity <= pattern.max_sparsity:
         raise ValueError(f"sparsity must be in [0, {pattern.max_sparsity}] for this pattern, got {sparsity}")
     units = [group_scores(s, pattern) for s in scores]
     low, high = layer_bounds
     if scope == "global" and (low > 0.0 or high < 1.0):
-        keeps = _bounded_global_mask(units, sparsity, min(low, sparsity), high)
+        keeps = _bounded_global_mask(units, sparsity, min(low, sparsity), high, selection)
     elif scope == "global":
-        keeps = smallest_k_mask(units, round(sparsity * sum(u.numel() for u in units)))
-    elif method == "per_channel":
+        keeps = selection.smallest_k_mask(units, round(sparsity * sum(selection.sizes(units))))
+    elif method == "per_channel":  # rows are whole in every process
         keeps = [_per_row_mask(u, round(min(sparsity, high) * u.shape[1])) for u in units]
     else:
-        keeps = smallest_k_each(units, [round(min(sparsity, high) * u.numel()) for u in units])
+        keeps = selection.smallest_k_each(units, [round(min(sparsity, high) * n) for n in selection.sizes(units)])
     return [pattern.expand(keep, s.shape).reshape(s.shape) for keep, s in zip(keeps, scores, strict=True)]
 
 
 _CAP_ROUNDS = 3  # selections that cap only the tensors pruned past their caps, before all caps are set
 
 
-def _bounded_global_mask(units: Sequence[Tensor], sparsity: float, low: float, high: float) -> list[Tensor]:
+def _bounded_global_mask(
+    units: Sequence[Tensor], sparsity: float, low: float, high: float, selection: Selection
+) -> list[Tensor]:
     """The globally lowest units, each tensor losing between ``floor(low * n)`` and ``floor(high * n)``.
 
     The best feasible set is what one selection prunes once each tensor's mandatory units score ``-inf`` and those
@@ -261,30 +273,32 @@ def _bounded_global_mask(units: Sequence[Tensor], sparsity: float, low: float, h
     is the one that all caps set would give, and where caps bind little (the usual case) it costs one global
     selection instead of one more per tensor. After ``_CAP_ROUNDS`` selections, every cap is set.
     """
-    caps = [_whole_units(high, unit.numel()) for unit in units]
-    floors = [min(_whole_units(low, unit.numel()), cap) for unit, cap in zip(units, caps, strict=True)]
-    limited = [
-        unit if floor == 0 else unit.masked_fill(~smallest_k_mask([unit], floor)[0], float("-inf"))
-        for unit, floor in zip(units, floors, strict=True)
-    ]
-    k = min(max(round(sparsity * sum(u.numel() for u in units)), sum(floors)), sum(caps))
-    uncapped = [index for index, (unit, cap) in enumerate(zip(units, caps, strict=True)) if cap < unit.numel()]
+    sizes = selection.sizes(units)
+    caps = [_whole_units(high, size) for size in sizes]
+    floors = [min(_whole_units(low, size), cap) for size, cap in zip(sizes, caps, strict=True)]
+    floored = [index for index, floor in enumerate(floors) if floor]
+    limited = list(units)
+    past_floors = selection.subset(floored).smallest_k_each([units[i] for i in floored], [floors[i] for i in floored])
+    for index, keep in zip(floored, past_floors, strict=True):
+        limited[index] = units[index].masked_fill(~keep, float("-inf"))
+    k = min(max(round(sparsity * sum(sizes)), sum(floors)), sum(caps))
+    uncapped = [index for index, (size, cap) in enumerate(zip(sizes, caps, strict=True)) if cap < size]
 
     def set_caps(indices: list[int]) -> None:
-        for index in indices:
-            past_cap = smallest_k_mask([units[index]], caps[index])[0]
+        past_caps = selection.subset(indices).smallest_k_each([units[i] for i in indices], [caps[i] for i in indices])
+        for index, past_cap in zip(indices, past_caps, strict=True):
             limited[index] = limited[index].masked_fill(past_cap, float("inf"))
 
     for _ in range(_CAP_ROUNDS):
-        keeps = smallest_k_mask(limited, k)
-        kept = torch.stack([torch.count_nonzero(keeps[i]) for i in uncapped]).tolist() if uncapped else []
-        over = [i for i, count in zip(uncapped, kept, strict=True) if keeps[i].numel() - count > caps[i]]
+        keeps = selection.smallest_k_mask(limited, k)
+        kept = selection.subset(uncapped).kept([keeps[i] for i in uncapped]) if uncapped else []
+        over = [i for i, count in zip(uncapped, kept, strict=True) if sizes[i] - count > caps[i]]
         if not over:
             return keeps
         set_caps(over)
         uncapped = [index for index in uncapped if index not in over]
     set_caps(uncapped)
-    return smallest_k_mask(limited, k)
+    return selection.smallest_k_mask(limited, k)
 
 
 def _whole_units(ratio: float, count: int) -> int:

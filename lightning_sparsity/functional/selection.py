@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import itertools
 import math
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from functools import reduce
 
 import torch
@@ -150,35 +150,44 @@ def _select_all(flats: Sequence[Tensor], k: int) -> tuple[Tensor, int]:
     return threshold, int(torch.count_nonzero(everything <= threshold))
 
 
-def _select_by_radix(flats: Sequence[Tensor], k: int) -> tuple[Tensor, int]:
+def _select_by_radix(
+    flats: Sequence[Tensor], k: int, reduce: Callable[[Tensor], Tensor] = lambda counts: counts
+) -> tuple[Tensor, int]:
     """The k-th smallest value and how many elements are at most it, by a radix select on the values' keys.
 
     A histogram of every key's top digit, one chunk of keys at a time, gives the k-th key's top digit and how many
     keys lie below it; the keys that share that digit (the others are not kept) are refined digit by digit in the
-    same way. Two passes over the data, no sort, and a wait for the GPU per chunk and digit.
+    same way. Two passes over the data, no sort, and a wait for the GPU per chunk and digit. ``reduce`` sums each
+    histogram with those of the other processes, for values split across them (``flats`` may then be empty).
     """
     source = _key_source(flats)
     width = source.itemsize * 8
     shifts = [*range(width - _DIGIT_BITS, 0, -_DIGIT_BITS), 0]  # of the digits, from the most significant
     bins = 1 << _DIGIT_BITS
     counts = _summed(
-        torch.bincount((_ordered_keys(c) >> shifts[0]) + bins // 2, minlength=bins) for c in _chunks(flats, source)
+        (torch.bincount((_ordered_keys(c) >> shifts[0]) + bins // 2, minlength=bins) for c in _chunks(flats, source)),
+        bins,
+        flats[0].device,
     )
-    prefix, below, rank, tied = _digit_of_rank(counts, rank=k, offset=-(bins // 2))
+    prefix, below, rank, tied = _digit_of_rank(reduce(counts), rank=k, offset=-(bins // 2))
     keys = [key[(key >> shifts[0]) == prefix] for key in map(_ordered_keys, _chunks(flats, source))]
     for high, shift in itertools.pairwise(shifts):
         bins = 1 << (high - shift)
-        counts = _summed(torch.bincount((key >> shift) & (bins - 1), minlength=bins) for key in keys)
-        digit, before, rank, tied = _digit_of_rank(counts, rank)
+        counts = _summed(
+            (torch.bincount((key >> shift) & (bins - 1), minlength=bins) for key in keys), bins, flats[0].device
+        )
+        digit, before, rank, tied = _digit_of_rank(reduce(counts), rank)
         below, prefix = below + before, (prefix << (high - shift)) + digit
         keys = [key[(key >> shift) == prefix] for key in keys]
     return _value_of_key(prefix, flats, source), below + tied
 
 
-def _summed(histograms: Iterable[Tensor]) -> Tensor:
-    """The sum of one or more histograms of the same bins."""
+def _summed(histograms: Iterable[Tensor], bins: int, device: torch.device) -> Tensor:
+    """The sum of histograms of ``bins`` bins (zeros when there are none)."""
     iterator = iter(histograms)
-    total = next(iterator)
+    total = next(iterator, None)
+    if total is None:
+        return torch.zeros(bins, dtype=torch.long, device=device)
     for histogram in iterator:
         total = total + histogram
     return total
@@ -207,13 +216,14 @@ def _chunks(flats: Sequence[Tensor], source: torch.dtype) -> Iterator[Tensor]:
     type ``source``; made one at a time."""
     run: list[Tensor] = []
     size = 0
-    for piece in (piece for flat in flats for piece in flat.split(_CHUNK)):
+    for piece in (piece for flat in flats if flat.numel() for piece in flat.split(_CHUNK)):
         if size + piece.numel() > _CHUNK:
             yield torch.cat(run) if len(run) > 1 else run[0]
             run, size = [], 0
         run.append(piece.to(source))
         size += piece.numel()
-    yield torch.cat(run) if len(run) > 1 else run[0]
+    if run:
+        yield torch.cat(run) if len(run) > 1 else run[0]
 
 
 def _ordered_keys(chunk: Tensor) -> Tensor:
@@ -254,3 +264,31 @@ def _bracket(flats: Sequence[Tensor], total: int, k: int) -> tuple[Tensor, Tenso
     lo = sample.kthvalue(lo_rank).values if lo_rank >= 1 else -infinity
     hi = sample.kthvalue(hi_rank).values if hi_rank <= size else infinity
     return lo, hi
+
+
+class Selection:
+    """Selections over tensors held whole by this process: what :func:`~lightning_sparsity.functional.patterns.
+    pattern_masks` asks of the tensors it selects in (``ShardedSelection`` answers the same over row ranges of
+    tensors split across processes)."""
+
+    def sizes(self, values: Sequence[Tensor]) -> list[int]:
+        """Each tensor's number of elements."""
+        return [v.numel() for v in values]
+
+    def kept(self, keeps: Sequence[Tensor]) -> list[int]:
+        """Each keep-mask's number of kept (True) elements."""
+        counts = [torch.count_nonzero(keep) for keep in keeps]  # all counted before one is read: one GPU wait
+        return [int(count) for count in counts]
+
+    def smallest_k_mask(self, values: Sequence[Tensor], k: int) -> list[Tensor]:
+        return smallest_k_mask(values, k)
+
+    def smallest_k_each(self, values: Sequence[Tensor], ks: Sequence[int]) -> list[Tensor]:
+        return smallest_k_each(values, ks)
+
+    def subset(self, indices: Sequence[int]) -> Selection:
+        """The selection over ``values[i]`` for ``i`` in ``indices`` of the tensors this one selects in."""
+        return self
+
+
+LOCAL = Selection()

@@ -44,16 +44,19 @@ class PruneType:
     one_shot: ClassVar[Optional[str]] = None
     #: whether the type prunes only in one shot (its ramp is then ``[0, 0]``, the default)
     one_shot_only: ClassVar[bool] = False
+    #: whether it prunes weights split across processes by rows (FSDP2): its scores of a weight's rows depend only on
+    #: those rows and their gradients, and its state is weight-shaped (``lightning_sparsity.sharding``)
+    shards: ClassVar[bool] = False
 
     def __init__(
         self,
         settings: Any,
-        weights: Mapping[str, nn.Parameter],
+        weights: Mapping[str, Tensor],
         modules: Mapping[str, nn.Module],
         pattern: Pattern,
     ) -> None:
         self.settings = settings  # an instance of ``Settings``
-        self.weights = weights  # by parameter name
+        self.weights = weights  # by parameter name: the parameters, or this process's rows of sharded ones
         self.modules = modules  # the module that holds each weight, by the weight's name
         self.pattern = pattern
 

@@ -19,6 +19,7 @@ class AccumulatedScores(PruneType):
     """Holds one float32 score tensor per weight, updated in place by :meth:`accumulate` before every step."""
 
     reads_gradients = True
+    shards = True
 
     def __init__(self, *args: Any) -> None:
         super().__init__(*args)

@@ -13,6 +13,7 @@ class BasicMagnitude(PruneType):
     """Scores ``|w|``: small weights matter least."""
 
     name = "BasicMagnitude"
+    shards = True
     one_shot = "BasicMagnitude"
 
     def scores(self, name: str, weight: Tensor) -> Tensor:

@@ -13,6 +13,7 @@ class PatternLock(PruneType):
     """Locks the weights' zeros into the masks when training starts; it has no ramp."""
 
     name = "PatternLock"
+    shards = True
     follows_schedule = False
 
     def scores(self, name: str, weight: Tensor) -> Tensor:
