@@ -25,6 +25,7 @@ python -m benchmarks.step_time           # --rounds 15 --steps 10 --frequencies 
 python -m benchmarks.host_time           # --rounds 15 --steps 100 --frequencies 1 10 100 --threads 1
 python -m benchmarks.mask_update         # --rounds 3 --threads 1 (--size large: bert-large, 10 min)
 python -m benchmarks.memory
+python -m benchmarks.fsdp2               # --rounds 7: a global mask update on 2 ranks (FSDP2) vs one process
 python -m benchmarks.accuracy --full     # the SST-2 study, resumable (--fresh reruns all)
                                         # INC from the venv at $INC_VENV (default /work/inc-venv)
 ```
@@ -47,7 +48,7 @@ ranks the systems under that budget; it does not reproduce the published numbers
 def write_docs() -> None:
     sections = [HEADER, _machine(), _step_time(), _step_time("step_time_2threads"), _host_time()]
     sections += [_mask_update(), _mask_update("mask_update_large")]
-    sections += [_memory()]
+    sections += [_memory(), _fsdp2()]
     sections += [_demo(), _accuracy(), _one_shot(), _export(), _gpu()]
     (DOCS / "benchmarks.md").write_text("\n".join(s for s in sections if s) + "\n")
 
@@ -196,6 +197,20 @@ def _memory() -> str:
         "serialized checkpoint state (goal: <= 1 byte per pruned weight).\n\n"
         + table(["system", "bytes per pruned weight, in memory", "bytes per pruned weight, in the checkpoint"], rows)
         + "\n"
+    )
+
+
+def _fsdp2() -> str:
+    result = load("fsdp2")
+    if not result:
+        return ""
+    from benchmarks.fsdp2 import rows
+
+    return (
+        f"## Pruning under FSDP2\n\n`python -m benchmarks.fsdp2 --rounds {result['rounds']}`: {result['setup']}; "
+        f"medians over {result['rounds']} interleaved rounds (the slower rank's wall-clock time), measured "
+        f"{result['machine']['date']}. Masks are compared bit for bit with those one process computes on the "
+        "gathered weights.\n\n" + table(["figure", "measured", "goal", ""], rows(result)) + "\n"
     )
 
 

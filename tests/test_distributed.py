@@ -79,3 +79,19 @@ def test_ddp_ranks_hold_identical_masks_and_log_once(tmp_path: Path) -> None:
         steps = [row["step"] for row in csv.DictReader(file) if row.get("pruning/sparsity")]
     # 64 samples split over 2 ranks in batches of 8: 4 optimizer steps an epoch, one row each, none duplicated
     assert len(steps) == len(set(steps)) == 2 * 4
+
+
+def test_ddp_ranks_average_wanda_input_norms_so_their_masks_agree(tmp_path: Path) -> None:
+    # each rank sees its own half of the data, so its running input norms differ until they are averaged
+    pruning = PruningCallback(
+        [Pruner(prune_type="Wanda", target_sparsity_ratio=0.6, step_range=[1, 6], names=[r"dense\.weight"])]
+    )
+    trainer = make_trainer(
+        strategy="ddp_spawn", devices=2, max_epochs=2, callbacks=[pruning, SaveRankState(pruning, tmp_path)]
+    )
+    trainer.fit(TinyBert(lr=1e-2), toy_loader())
+    rank0, rank1 = (torch.load(tmp_path / f"rank{rank}.pt", weights_only=True) for rank in (0, 1))
+    assert rank0["masks"]
+    for kind in ("masks", "weights"):
+        for name, value in rank0[kind].items():
+            assert torch.equal(value, rank1[kind][name]), f"{kind} of {name} differ between ranks"

@@ -9,6 +9,7 @@ import socket
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+from unittest import mock
 
 import lightning.pytorch as pl
 import pytest
@@ -30,19 +31,19 @@ from lightning_sparsity.sparsifier import Sparsifier
 WORLD = 2
 
 
-def _spawn(function: Callable[..., None], *args: Any) -> None:
-    """Runs ``function(rank, *args)`` in two processes that Lightning sees as launched by torchrun."""
+def _spawn(function: Callable[..., None], *args: Any, world: int = WORLD) -> None:
+    """Runs ``function(rank, *args)`` in ``world`` processes that Lightning sees as launched by torchrun."""
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
-    torch.multiprocessing.spawn(_process, args=(port, function, args), nprocs=WORLD, join=True)
+    torch.multiprocessing.spawn(_process, args=(port, world, function, args), nprocs=world, join=True)
 
 
-def _process(rank: int, port: int, function: Callable[..., None], args: tuple[Any, ...]) -> None:
+def _process(rank: int, port: int, world: int, function: Callable[..., None], args: tuple[Any, ...]) -> None:
     os.environ.update(
         MASTER_ADDR="127.0.0.1",
         MASTER_PORT=str(port),
-        WORLD_SIZE=str(WORLD),
+        WORLD_SIZE=str(world),
         RANK=str(rank),
         LOCAL_RANK=str(rank),
         NODE_RANK="0",
@@ -68,7 +69,11 @@ SELECTIONS = [
     ([(6, 8), (3, 12)], "1x4", "per_tensor", "global", (0.0, 1.0), 0.5),
     ([(8, 8), (4, 12)], "2x4", "per_tensor", "local", (0.0, 1.0), 0.5),
     ([(5, 8), (7, 12)], "1xchannel", "per_tensor", "global", (0.0, 1.0), 0.4),
+    # more than 65,536 values: the CPU's bracket select across ranks (few distinct values, then continuous ones)
+    ([(301, 256), (101, 128)], "1x1", "per_tensor", "global", (0.0, 1.0), 0.7),
+    ([(301, 256), (101, 128)], "1x1", "per_tensor", "global", (0.0, 1.0), 0.65),
 ]
+CONTINUOUS = {len(SELECTIONS) - 1}  # cases scored by normal values instead of a few integers
 
 
 def _select_on_shards(rank: int, results: Path) -> None:
@@ -77,7 +82,10 @@ def _select_on_shards(rank: int, results: Path) -> None:
         for index, (shapes, pattern_name, method, scope, bounds, sparsity) in enumerate(SELECTIONS):
             generator = torch.Generator().manual_seed(index)
             # few distinct values, so that ties straddle the threshold, and the "already pruned" sentinel
-            scores = [torch.randint(-3, 4, shape, generator=generator).float() for shape in shapes]
+            if index in CONTINUOUS:
+                scores = [torch.randn(shape, generator=generator) for shape in shapes]
+            else:
+                scores = [torch.randint(-3, 4, shape, generator=generator).float() for shape in shapes]
             scores[0][0, :3] = torch.finfo(torch.float32).min
             pattern = parse_pattern(pattern_name)
             whole = pattern_masks(scores, sparsity, pattern, method, scope, bounds)  # every rank: one process's masks
@@ -106,6 +114,7 @@ class ShardedMLP(pl.LightningModule):
         super().__init__()
         torch.manual_seed(0)
         self.net = nn.Sequential(nn.Linear(16, 13), nn.ReLU(), nn.Linear(13, 8), nn.ReLU(), nn.Linear(8, 2))
+        self.example_input_array = torch.zeros(1, 16)  # where the structure (neurons) is found
 
     @override
     def configure_model(self) -> None:
@@ -114,6 +123,10 @@ class ShardedMLP(pl.LightningModule):
             if isinstance(layer, nn.Linear):
                 fully_shard(layer, mesh=mesh)
         fully_shard(self.net, mesh=mesh)
+
+    @override
+    def forward(self, inputs: torch.Tensor) -> torch.Tensor:
+        return self.net(inputs)
 
     @override
     def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
@@ -136,7 +149,13 @@ def _pruning() -> PruningCallback:
                 update_frequency=2,
                 names=[r"net\.[02]\.weight"],
             ),
-            Pruner(target_sparsity_ratio=0.5, pattern="2:4", step_range=[0, 4], names=[r"net\.4\.weight"]),
+            Pruner(
+                prune_type="Wanda",
+                target_sparsity_ratio=0.5,
+                pattern="2:4",
+                step_range=[0, 4],
+                names=[r"net\.4\.weight"],
+            ),
         ]
     )
 
@@ -169,7 +188,8 @@ def _data() -> DataLoader:
 
 class CheckEveryUpdate(Callback):
     """At every mask update, rank zero redoes the update in one process on the gathered weights, scores and masks
-    (a ``Sparsifier`` of plain parameters), and asserts the same masks; at the end, it saves what the ranks hold."""
+    (a ``Sparsifier`` of plain parameters), and asserts the same masks; at the end, it saves what the ranks hold
+    and Wanda's input norms."""
 
     def __init__(self, pruning: PruningCallback, folder: Path) -> None:
         self.pruning = pruning
@@ -183,19 +203,28 @@ class CheckEveryUpdate(Callback):
 
             def checked(sparsity: float, sparsifier: Sparsifier = sparsifier, update: Any = update) -> None:
                 before = sparsifier.state_dict()
-                weights = {name: w.full_tensor() for name, w in sparsifier.weights.items()}
+                weights = {name: w.detach().full_tensor().clone() for name, w in sparsifier.weights.items()}
                 update(sparsity)
                 after = sparsifier.state_dict()
                 if trainer.is_global_zero:
                     whole = {name: nn.Parameter(w.clone()) for name, w in weights.items()}
-                    reference = Sparsifier(sparsifier.pruner, whole)
+                    reference = Sparsifier(sparsifier.pruner, whole, modules=sparsifier.modules)
+                    if "input_norms" in after["criterion"]:  # Wanda scores with the norms averaged over the ranks
+                        before["criterion"]["input_norms"] = after["criterion"]["input_norms"]
                     reference.load_state_dict(before)
-                    reference.update_masks(sparsity)
+                    with mock.patch("torch.distributed.is_initialized", return_value=False):  # one process
+                        reference.update_masks(sparsity)
                     for name, mask in reference.masks.items():
                         assert torch.equal(pack_bits(mask), after["masks"][name]), f"mask of {name} differs"
                 self.updates += 1
 
             sparsifier.update_masks = checked  # type: ignore[method-assign]
+
+    @override
+    def on_train_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, index: int) -> None:
+        if not self.updates and trainer.global_step:  # the first batch of a resumed run: the masks as restored
+            masks = {n: m for s in self.pruning.sparsifiers for n, m in s.state_dict()["masks"].items()}
+            torch.save(masks, self.folder / f"restored{trainer.global_rank}.pt")
 
     @override
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -208,8 +237,13 @@ class CheckEveryUpdate(Callback):
                 for s in self.pruning.sparsifiers
                 for n, t in s.criterion.state_dict().get("scores", {}).items()
             },
-            "weights": {n: w.full_tensor() for s in self.pruning.sparsifiers for n, w in s.weights.items()},
+            "weights": {n: w.detach().full_tensor() for s in self.pruning.sparsifiers for n, w in s.weights.items()},
             "masks": {n: m for s in self.pruning.sparsifiers for n, m in s.state_dict()["masks"].items()},
+            "input_norms": {
+                n: t
+                for s in self.pruning.sparsifiers
+                for n, t in s.criterion.state_dict().get("input_norms", {}).items()
+            },
             "sparsity": report.sparsity,
             "mask_sparsity": self.pruning.mask_sparsity(),
         }
@@ -217,6 +251,7 @@ class CheckEveryUpdate(Callback):
 
 
 def _train(rank: int, folder: Path, max_epochs: int, resume: str, devices: int = WORLD) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
     pruning = _pruning()
     checkpoints = ModelCheckpoint(dirpath=folder / "checkpoints", save_top_k=-1, save_on_train_epoch_end=True)
     callbacks: list[Callback] = [CheckEveryUpdate(pruning, folder), pruning, checkpoints]  # checks step 0 too
@@ -235,6 +270,8 @@ def test_fsdp2_prunes_row_shards_exactly_and_counts_all_ranks(tmp_path: Path) ->
     for name, weight in rank0["weights"].items():
         assert torch.equal(weight, rank1["weights"][name])
         assert torch.equal(rank0["masks"][name], rank1["masks"][name])
+    # Wanda's input norms, as a checkpoint holds them: averaged over the ranks, which saw different batches
+    assert torch.equal(rank0["input_norms"]["net.4.weight"], rank1["input_norms"]["net.4.weight"])
     global_pruned = sum(int((rank0["weights"][n] == 0).sum()) for n in ("net.0.weight", "net.2.weight"))
     assert global_pruned == round(0.7 * (13 * 16 + 8 * 13))  # one threshold over both ranks' rows
     assert int((rank0["weights"]["net.4.weight"] == 0).sum()) == 8  # 2 of every 4
@@ -258,7 +295,9 @@ def test_fsdp2_resumes_bit_exactly_from_a_distributed_checkpoint(tmp_path: Path)
 
 REFUSED = {
     "OBS": (Pruner(prune_type="OBS", names=[r"net\.0\.weight"]), r"prune_type='OBS' has no sharded implementation"),
-    "Wanda": (Pruner(prune_type="Wanda", names=[r"net\.0\.weight"]), r"prune_type='Wanda' has no sharded"),
+    "GroupLasso": (Pruner(prune_type="GroupLasso", names=[r"net\.0\.weight"]), r"'GroupLasso' has no sharded"),
+    "structured": (Pruner(pattern="neuron", target_sparsity_ratio=0.5), r"structured patterns \(head / neuron\)"),
+    "one-shot": (Pruner(step_range=[0, 0], names=[r"net\.0\.weight"]), r"one-shot pruning \(step_range=\[0, 0\]\)"),
     "blocks within ranks": (
         Pruner(pattern="2x1", names=[r"net\.2\.weight"], target_sparsity_ratio=0.5),  # 8 rows: 4 + 4, fine
         None,
@@ -340,3 +379,17 @@ def test_tensor_parallel_column_shards_prune_exactly_and_row_parallel_is_refused
     _spawn(_tensor_parallel, rowwise, [r"net\.2\.weight"])
     message = (rowwise / "refused0.txt").read_text()
     assert "weight 'net.2.weight' is split across processes as (Shard(dim=1),)" in message
+
+
+def test_fsdp2_checkpoint_of_two_ranks_resumes_on_one(tmp_path: Path) -> None:
+    two, one = tmp_path / "two", tmp_path / "one"
+    _spawn(_train, two, 1, "")
+    checkpoint = next((two / "checkpoints").glob("*step=6*"))
+    saved = torch.load(checkpoint / "meta.pt", weights_only=True)["callbacks"]["PruningCallback"]["states"]
+    _spawn(_train, one, EPOCHS, str(checkpoint), 1, world=1)
+    restored = torch.load(one / "restored0.pt", weights_only=True)
+    for state in saved:
+        for name, packed in state["masks"].items():
+            assert torch.equal(restored[name], packed), f"mask of {name} was not restored whole on one rank"
+    final = torch.load(one / "rank0.pt", weights_only=True)
+    assert final["mask_sparsity"] == pytest.approx((round(0.7 * (13 * 16 + 8 * 13)) + 8) / (13 * 16 + 8 * 13 + 2 * 8))

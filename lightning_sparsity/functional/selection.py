@@ -253,8 +253,17 @@ def _flip_negatives(bits: Tensor) -> Tensor:
 
 def _bracket(flats: Sequence[Tensor], total: int, k: int) -> tuple[Tensor, Tensor]:
     """Values ``lo <= hi`` from a strided sample that most likely hold the k-th smallest in ``(lo, hi]``."""
+    return _bracket_of(_sample(flats, total), total, k)
+
+
+def _sample(flats: Sequence[Tensor], total: int) -> Tensor:
+    """A strided sample of ``flats``, dense enough to bracket a rank among ``total`` elements."""
     stride = total // min(max(total >> 7, _MIN_SAMPLE), _MAX_SAMPLE)
-    sample = torch.cat([f[stride // 2 :: stride] for f in flats])
+    return torch.cat([f[stride // 2 :: stride] for f in flats])
+
+
+def _bracket_of(sample: Tensor, total: int, k: int) -> tuple[Tensor, Tensor]:
+    """Values ``lo <= hi`` of ``sample`` that most likely hold the k-th smallest of all ``total`` in ``(lo, hi]``."""
     size = sample.numel()
     quantile = k / total
     margin = 4.0 * math.sqrt(quantile * (1.0 - quantile) / size) + 4.0 / size

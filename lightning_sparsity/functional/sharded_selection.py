@@ -19,7 +19,13 @@ import torch
 import torch.distributed as dist
 from torch import Tensor
 
-from lightning_sparsity.functional.selection import Selection, _select_by_radix
+from lightning_sparsity.functional.selection import (
+    _SMALL,
+    Selection,
+    _bracket_of,
+    _sample,
+    _select_by_radix,
+)
 
 
 class ShardedSelection(Selection):
@@ -47,8 +53,12 @@ class ShardedSelection(Selection):
             return [torch.zeros_like(v, dtype=torch.bool) for v in values]
         flats = [v.reshape(-1) for v in values]
         counted = [flat if primary else flat[:0] for flat, primary in zip(flats, self.primary, strict=True)]
-        threshold, at_most = _select_by_radix(counted, k, reduce=self._all_reduce)
-        keeps = [flat > threshold for flat in flats]
+        found = self._select_in_bracket(flats, counted, total, k) if flats[0].device.type == "cpu" else None
+        if found is None:
+            threshold, at_most = _select_by_radix(counted, k, reduce=self._all_reduce)
+            keeps = [flat > threshold for flat in flats]
+        else:
+            threshold, at_most, keeps = found
         if at_most > k:
             self._keep_last_ties(flats, keeps, threshold, surplus=at_most - k)
         return [keep.view_as(v) for keep, v in zip(keeps, values, strict=True)]
@@ -61,6 +71,45 @@ class ShardedSelection(Selection):
 
     def subset(self, indices: Sequence[int]) -> ShardedSelection:
         return ShardedSelection([self.offsets[i] for i in indices], [self.primary[i] for i in indices], self.group)
+
+    def _select_in_bracket(
+        self, flats: list[Tensor], counted: list[Tensor], total: int, k: int
+    ) -> tuple[Tensor, int, list[Tensor]] | None:
+        """The CPU's bracket select across processes: a strided sample of every range, gathered, brackets the k-th
+        value in ``(lo, hi]``; one comparison per element with each bound, then the few elements inside the bracket
+        are gathered and ranked. None when the bracket missed (the radix select runs instead), as on one process."""
+        if total <= _SMALL:
+            return None
+        lo, hi = _bracket_of(self._all_gathered(_sample(counted, total)), total, k)
+        keeps, positions = [], []
+        below = 0
+        for flat, primary in zip(flats, self.primary, strict=True):
+            keep = flat > lo
+            below += (flat.numel() - int(torch.count_nonzero(keep))) if primary else 0
+            positions.append((flat <= hi).logical_and_(keep).nonzero().squeeze(1))
+            keeps.append(keep)
+        bands = [flat.index_select(0, inside) for flat, inside in zip(flats, positions, strict=True)]
+        counted_band = torch.cat(
+            [b for b, primary in zip(bands, self.primary, strict=True) if primary] or [bands[0][:0]]
+        )
+        band = self._all_gathered(counted_band)
+        below = int(self._all_reduce(torch.tensor([below], device=flats[0].device))[0])
+        if not below < k <= below + band.numel():
+            return None
+        threshold = band.kthvalue(k - below).values
+        for keep, inside, values in zip(keeps, positions, bands, strict=True):
+            keep.index_fill_(0, inside[values <= threshold], False)
+        return threshold, below + int(torch.count_nonzero(band <= threshold)), keeps
+
+    def _all_gathered(self, tensor: Tensor) -> Tensor:
+        """The 1-D tensors of every process, joined in process order."""
+        sizes = [torch.zeros(1, dtype=torch.long, device=tensor.device) for _ in range(dist.get_world_size(self.group))]
+        dist.all_gather(sizes, torch.tensor([tensor.numel()], device=tensor.device), group=self.group)
+        longest = max(int(size) for size in sizes)
+        padded = torch.cat([tensor, tensor.new_zeros(longest - tensor.numel())])
+        parts = [torch.empty_like(padded) for _ in sizes]
+        dist.all_gather(parts, padded, group=self.group)
+        return torch.cat([part[: int(size)] for part, size in zip(parts, sizes, strict=True)])
 
     def _all_reduce(self, tensor: Tensor) -> Tensor:
         dist.all_reduce(tensor, group=self.group)

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
+import torch.distributed as dist
 from torch import Tensor, nn
 
 from lightning_sparsity.functional.criteria import magnitude_scores, wanda_scores
@@ -21,10 +22,13 @@ class Wanda(PruneType):
     ``||x_j||`` is the root of a running mean (``decay``) of each input feature's mean square over the tokens of
     every training batch, read by a forward hook on the weight's module; weights whose module has not run yet are
     scored by magnitude. Linear, transformers' Conv1D and ungrouped convolutions (a channel's norm is shared by its
-    kernel positions).
+    kernel positions). In distributed training the norms are averaged over the processes before each mask update
+    and in ``state_dict`` (each saw its own batches), so that every rank scores with the norms of all the data and a
+    checkpoint (written from rank zero) holds what every rank holds.
     """
 
     name = "Wanda"
+    shards = True  # a rank's rows are scored with the norms of every input feature, which each rank has
     one_shot = "Wanda"  # with step_range=[0, 0]: Wanda as its paper does it, from calibration batches
 
     @dataclass(frozen=True)
@@ -77,6 +81,21 @@ class Wanda(PruneType):
 
         return observe
 
+    def before_mask_update(self, masks: Mapping[str, Tensor]) -> None:
+        self._average_over_processes()
+
+    @torch.no_grad()
+    def _average_over_processes(self) -> None:
+        """Every process's norms become their mean over the processes (collective in distributed training)."""
+        if not (dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1 and self.input_norms):
+            return
+        names = [name for name in self.weights if name in self.input_norms]
+        joined = torch.cat([self.input_norms[name] for name in names])
+        dist.all_reduce(joined)
+        joined /= dist.get_world_size()
+        for name, averaged in zip(names, joined.split([self.input_norms[n].numel() for n in names]), strict=True):
+            self.input_norms[name].copy_(averaged)
+
     def scores(self, name: str, weight: Tensor) -> Tensor:
         norms = self.input_norms.get(name)
         if norms is None:
@@ -84,6 +103,8 @@ class Wanda(PruneType):
         return wanda_scores(weight, norms.sqrt(), transposed=is_conv1d(self.modules[name]))
 
     def state_dict(self) -> dict[str, Any]:
+        """The norms averaged over the processes, on every process (a resumed run starts where each rank stood)."""
+        self._average_over_processes()
         return {"input_norms": dict(self.input_norms)}
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
