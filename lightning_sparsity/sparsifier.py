@@ -209,9 +209,10 @@ class Sparsifier:
     def update_masks(self, sparsity: float) -> None:
         """Recomputes the masks to prune a ``sparsity`` fraction and zeroes the pruned weights."""
         if not self._all_finite():
-            name = next((name for name, weight in self.local.items() if not all_finite([weight])), "of another rank")
+            name = next((name for name, weight in self.local.items() if not all_finite([weight])), None)
+            where = "a weight on another rank" if name is None else f"weight {name!r}"
             raise FloatingPointError(
-                f"weight {name!r} holds NaN or infinite values at a pruning mask update; lower the "
+                f"{where} holds NaN or infinite values at a pruning mask update; lower the "
                 "learning rate, enable gradient clipping (Trainer(gradient_clip_val=...)) or use fp32"
             )
         previous = self.masks
