@@ -41,7 +41,8 @@ _SUPPORTED_STRATEGIES = (SingleDeviceStrategy, DDPStrategy, ModelParallelStrateg
 _REFUSED_STRATEGIES = {
     DeepSpeedStrategy: "DeepSpeed keeps fp32 master weights (and, in ZeRO-3, the parameters) outside the module, "
     "where the masks are not applied",
-    FSDPStrategy: "FSDP1 flattens the weights into FlatParameters; its use_orig_params views are not tested",
+    FSDPStrategy: "FSDP1 flattens the weights into FlatParameters split mid-row, and Lightning runs it on GPUs only, "
+    "where this path is not tested",
     XLAStrategy: "XLA strategies are not tested",
     SingleDeviceXLAStrategy: "XLA strategies are not tested",
 }
