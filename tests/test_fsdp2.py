@@ -393,3 +393,28 @@ def test_fsdp2_checkpoint_of_two_ranks_resumes_on_one(tmp_path: Path) -> None:
             assert torch.equal(restored[name], packed), f"mask of {name} was not restored whole on one rank"
     final = torch.load(one / "rank0.pt", weights_only=True)
     assert final["mask_sparsity"] == pytest.approx((round(0.7 * (13 * 16 + 8 * 13)) + 8) / (13 * 16 + 8 * 13 + 2 * 8))
+
+
+def _conv1d_refused(rank: int, results: Path) -> None:
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.tensor import Shard, distribute_tensor
+    from transformers.pytorch_utils import Conv1D
+
+    dist.init_process_group("gloo")
+    try:
+        layer = Conv1D(8, 16)  # GPT-2's layout: weight stored in x out (16 x 8)
+        weight = nn.Parameter(distribute_tensor(layer.weight.detach(), init_device_mesh("cpu", (WORLD,)), [Shard(0)]))
+        try:
+            Sparsifier(Pruner(), {"c_attn.weight": weight}, modules={"c_attn.weight": layer})
+            message = "accepted"
+        except ValueError as error:
+            message = str(error)
+        (results / f"rank{rank}.txt").write_text(message)
+    finally:
+        dist.destroy_process_group()
+
+
+def test_a_sharded_conv1d_weight_is_refused_naming_it(tmp_path: Path) -> None:
+    _spawn(_conv1d_refused, tmp_path)
+    message = (tmp_path / "rank0.txt").read_text()
+    assert "weight 'c_attn.weight' is stored in x out (Conv1D or a transposed convolution)" in message
