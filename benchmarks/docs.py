@@ -201,16 +201,20 @@ def _memory() -> str:
 
 
 def _fsdp2() -> str:
-    result = load("fsdp2")
-    if not result:
-        return ""
-    from benchmarks.fsdp2 import rows
+    from benchmarks.fsdp2 import result_name, rows
 
+    results = [result for result in (load(result_name(scope)) for scope in ("global", "local")) if result]
+    if not results:
+        return ""
+    sections = [
+        f"`python -m benchmarks.fsdp2 --rounds {r['rounds']} --scope {r.get('scope', 'global')}`: {r['setup']}; "
+        f"measured {r['machine']['date']}.\n\n" + table(["figure", "measured", "goal", ""], rows(r)) + "\n"
+        for r in results
+    ]
     return (
-        f"## Pruning under FSDP2\n\n`python -m benchmarks.fsdp2 --rounds {result['rounds']}`: {result['setup']}; "
-        f"medians over {result['rounds']} interleaved rounds (the slower rank's wall-clock time), measured "
-        f"{result['machine']['date']}. Masks are compared bit for bit with those one process computes on the "
-        "gathered weights.\n\n" + table(["figure", "measured", "goal", ""], rows(result)) + "\n"
+        "## Pruning under FSDP2\n\nOne mask update from dense weights split by rows over 2 ranks, beside one process "
+        "on the whole weights; medians over interleaved rounds (the slower rank's wall-clock time). Masks are "
+        "compared bit for bit with those one process computes on the gathered weights.\n\n" + "\n".join(sections)
     )
 
 

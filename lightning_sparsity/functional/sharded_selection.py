@@ -3,8 +3,10 @@ in the whole tensors, bit for bit, without gathering them.
 
 Each process holds, of every tensor, one contiguous range of its rows (possibly empty), known by the position of
 its first row (``offsets``); a range that another process also holds (HSDP's replicas) is counted by one of them
-only (``primary``). The k-th value comes from the radix select of :mod:`~lightning_sparsity.functional.selection`,
-its histograms summed across processes (three all-reduces of 2048 counts for float32 scores, whatever their size).
+only (``primary``). The k-th value is found as :mod:`~lightning_sparsity.functional.selection` finds it in one
+process: on CPUs a bracket from a strided sample of every range (gathered), then the few elements inside it
+(gathered and ranked); on GPUs, or where the bracket missed, the radix select with its histograms summed across
+processes (three all-reduces of 2048 counts for float32 scores, whatever their size).
 Ties at the threshold are broken by position, as :func:`~lightning_sparsity.functional.selection.smallest_k_mask`
 breaks them: the last tied elements of the whole tensors stay kept, found from one all-gather of each range's tied
 count.
