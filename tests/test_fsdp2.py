@@ -72,8 +72,11 @@ SELECTIONS = [
     # more than 65,536 values: the CPU's bracket select across ranks (few distinct values, then continuous ones)
     ([(301, 256), (101, 128)], "1x1", "per_tensor", "global", (0.0, 1.0), 0.7),
     ([(301, 256), (101, 128)], "1x1", "per_tensor", "global", (0.0, 1.0), 0.65),
+    ([(301, 256), (400, 200), (7, 12)], "1x1", "per_tensor", "local", (0.0, 1.0), 0.6),
+    ([(301, 256), (400, 200), (7, 12)], "1x1", "per_tensor", "local", (0.0, 1.0), 0.45),
+    ([(301, 256), (400, 200), (7, 12)], "1x1", "per_tensor", "global", (0.3, 0.5), 0.45),
 ]
-CONTINUOUS = {len(SELECTIONS) - 1}  # cases scored by normal values instead of a few integers
+CONTINUOUS = {10, 11, 13}  # cases scored by normal values instead of a few integers
 
 
 def _select_on_shards(rank: int, results: Path) -> None:

@@ -15,6 +15,7 @@ count.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from functools import reduce
 from typing import Any, Optional
 
 import torch
@@ -48,70 +49,103 @@ class ShardedSelection(Selection):
         return self._summed([int(torch.count_nonzero(keep)) for keep in keeps], keeps)
 
     def smallest_k_mask(self, values: Sequence[Tensor], k: int) -> list[Tensor]:
-        total = sum(self.sizes(values))
-        if k <= 0:
-            return [torch.ones_like(v, dtype=torch.bool) for v in values]
-        if k >= total:
-            return [torch.zeros_like(v, dtype=torch.bool) for v in values]
-        flats = [v.reshape(-1) for v in values]
-        counted = [flat if primary else flat[:0] for flat, primary in zip(flats, self.primary, strict=True)]
-        found = self._select_in_bracket(flats, counted, total, k) if flats[0].device.type == "cpu" else None
-        if found is None:
-            threshold, at_most = _select_by_radix(counted, k, reduce=self._all_reduce)
-            keeps = [flat > threshold for flat in flats]
-        else:
-            threshold, at_most, keeps = found
-        if at_most > k:
-            self._keep_last_ties(flats, keeps, threshold, surplus=at_most - k)
-        return [keep.view_as(v) for keep, v in zip(keeps, values, strict=True)]
+        return self._select(values, [list(range(len(values)))], [k])
 
     def smallest_k_each(self, values: Sequence[Tensor], ks: Sequence[int]) -> list[Tensor]:
-        return [
-            self.subset([index]).smallest_k_mask([value], k)[0]
-            for index, (value, k) in enumerate(zip(values, ks, strict=True))
-        ]
+        return self._select(values, [[index] for index in range(len(values))], ks)
 
     def subset(self, indices: Sequence[int]) -> ShardedSelection:
         return ShardedSelection([self.offsets[i] for i in indices], [self.primary[i] for i in indices], self.group)
 
-    def _select_in_bracket(
-        self, flats: list[Tensor], counted: list[Tensor], total: int, k: int
-    ) -> tuple[Tensor, int, list[Tensor]] | None:
-        """The CPU's bracket select across processes: a strided sample of every range, gathered, brackets the k-th
-        value in ``(lo, hi]``; one comparison per element with each bound, then the few elements inside the bracket
-        are gathered and ranked. None when the bracket missed (the radix select runs instead), as on one process."""
-        if total <= _SMALL:
-            return None
-        lo, hi = _bracket_of(self._all_gathered(_sample(counted, total)), total, k)
-        keeps, positions = [], []
-        below = 0
-        for flat, primary in zip(flats, self.primary, strict=True):
-            keep = flat > lo
-            below += (flat.numel() - int(torch.count_nonzero(keep))) if primary else 0
-            positions.append((flat <= hi).logical_and_(keep).nonzero().squeeze(1))
-            keeps.append(keep)
-        bands = [flat.index_select(0, inside) for flat, inside in zip(flats, positions, strict=True)]
-        counted_band = torch.cat(
-            [b for b, primary in zip(bands, self.primary, strict=True) if primary] or [bands[0][:0]]
-        )
-        band = self._all_gathered(counted_band)
-        below = int(self._all_reduce(torch.tensor([below], device=flats[0].device))[0])
-        if not below < k <= below + band.numel():
-            return None
-        threshold = band.kthvalue(k - below).values
-        for keep, inside, values in zip(keeps, positions, bands, strict=True):
-            keep.index_fill_(0, inside[values <= threshold], False)
-        return threshold, below + int(torch.count_nonzero(band <= threshold)), keeps
+    def _select(self, values: Sequence[Tensor], groups: list[list[int]], ks: Sequence[int]) -> list[Tensor]:
+        """Keep-masks of ``values`` choosing the ``ks[g]`` smallest elements of each group of tensors ``groups[g]``
+        (indices into ``values``), all groups at once: a fixed number of collectives, however many groups."""
+        sizes = self.sizes(values)
+        flats = [v.reshape(-1) for v in values]
+        keeps = [torch.ones_like(flat, dtype=torch.bool) for flat in flats]
+        pending = []
+        for members, k in zip(groups, ks, strict=True):
+            if k >= sum(sizes[i] for i in members):
+                for i in members:
+                    keeps[i] = torch.zeros_like(flats[i], dtype=torch.bool)
+            elif k > 0:
+                pending.append((members, k))
+        on_cpu = bool(flats) and flats[0].device.type == "cpu"
+        found = self._select_in_brackets(flats, sizes, pending, keeps) if on_cpu else [None] * len(pending)
+        thresholds = []
+        for (members, k), result in zip(pending, found, strict=True):
+            if result is None:  # the bracket missed, or a GPU: the radix select, for this group alone
+                counted = [flats[i] if self.primary[i] else flats[i][:0] for i in members]
+                threshold, at_most = _select_by_radix(counted, k, reduce=self._all_reduce)
+                for i in members:
+                    keeps[i] = flats[i] > threshold
+                result = threshold, at_most
+            thresholds.append(result)
+        self._keep_last_ties(flats, keeps, pending, thresholds)
+        return [keep.view_as(v) for keep, v in zip(keeps, values, strict=True)]
 
-    def _all_gathered(self, tensor: Tensor) -> Tensor:
-        """The 1-D tensors of every process, joined in process order."""
-        sizes = [torch.zeros(1, dtype=torch.long, device=tensor.device) for _ in range(dist.get_world_size(self.group))]
-        dist.all_gather(sizes, torch.tensor([tensor.numel()], device=tensor.device), group=self.group)
-        longest = max(int(size) for size in sizes)
-        padded = torch.cat([tensor, tensor.new_zeros(longest - tensor.numel())])
-        parts = [torch.empty_like(padded) for _ in sizes]
-        dist.all_gather(parts, padded, group=self.group)
-        return torch.cat([part[: int(size)] for part, size in zip(parts, sizes, strict=True)])
+    def _select_in_brackets(
+        self, flats: list[Tensor], sizes: list[int], pending: list[tuple[list[int], int]], keeps: list[Tensor]
+    ) -> list[tuple[Tensor, int] | None]:
+        """The CPU's bracket select across processes, for every group at once: a strided sample of every range,
+        gathered, brackets each group's k-th value in ``(lo, hi]``; one comparison per element with each bound, then
+        the few elements inside the brackets are gathered and ranked. Each group's ``(threshold, elements at most
+        it)``, its pruned elements cleared from ``keeps``; None where the bracket missed (or few elements), which
+        the radix select then serves, as in one process."""
+        bracketed = [g for g, (members, _) in enumerate(pending) if sum(sizes[i] for i in members) > _SMALL]
+        found: list[tuple[Tensor, int] | None] = [None] * len(pending)
+        if not bracketed:
+            return found
+        totals = {g: sum(sizes[i] for i in pending[g][0]) for g in bracketed}
+        dtypes = {g: reduce(torch.promote_types, (flats[i].dtype for i in pending[g][0])) for g in bracketed}
+        counted = {g: [flats[i] for i in pending[g][0] if self.primary[i]] for g in bracketed}
+        samples = self._gathered_parts([_sample(counted[g] or [flats[0][:0]], totals[g]) for g in bracketed])
+        bounds = {
+            g: _bracket_of(sample.to(dtypes[g]), totals[g], pending[g][1])
+            for g, sample in zip(bracketed, samples, strict=True)
+        }
+        positions: dict[int, Tensor] = {}
+        below = []
+        for g in bracketed:
+            lo, hi = bounds[g]
+            count = 0
+            for i in pending[g][0]:
+                keeps[i] = flats[i] > lo
+                count += (flats[i].numel() - int(torch.count_nonzero(keeps[i]))) if self.primary[i] else 0
+                positions[i] = (flats[i] <= hi).logical_and_(keeps[i]).nonzero().squeeze(1)
+            below.append(count)
+        bands = {i: flats[i].index_select(0, inside) for i, inside in positions.items()}
+        local_bands = [
+            torch.cat([bands[i] for i in pending[g][0] if self.primary[i]] or [flats[0][:0]]) for g in bracketed
+        ]
+        gathered_bands = self._gathered_parts(local_bands)
+        below = self._all_reduce(torch.tensor(below, device=flats[0].device)).tolist()
+        for g, band, low in zip(bracketed, gathered_bands, below, strict=True):
+            members, k = pending[g]
+            if not low < k <= low + band.numel():
+                continue  # every process finds the same: the radix select serves this group
+            band = band.to(dtypes[g])
+            threshold = band.kthvalue(k - low).values
+            for i in members:
+                keeps[i].index_fill_(0, positions[i][bands[i] <= threshold], False)
+            found[g] = (threshold, low + int(torch.count_nonzero(band <= threshold)))
+        return found
+
+    def _gathered_parts(self, parts: list[Tensor]) -> list[Tensor]:
+        """Each process's 1-D ``parts[j]``, joined in process order, for every ``j``: two all-gathers in all (the
+        values travel as float64, which holds every score of up to 64 bits exactly)."""
+        device = parts[0].device
+        sizes = torch.tensor([part.numel() for part in parts], device=device)
+        table = [torch.empty_like(sizes) for _ in range(dist.get_world_size(self.group))]
+        dist.all_gather(table, sizes, group=self.group)
+        counts = torch.stack(table).cpu().tolist()  # process x part
+        longest = max(1, *(sum(row) for row in counts))  # never an empty all-gather
+        mine = torch.cat([part.to(torch.float64) for part in parts])
+        padded = torch.cat([mine, mine.new_zeros(longest - mine.numel())])
+        everyone = [torch.empty_like(padded) for _ in counts]
+        dist.all_gather(everyone, padded, group=self.group)
+        pieces = [list(data[: sum(row)].split(row)) for data, row in zip(everyone, counts, strict=True)]
+        return [torch.cat([process[j] for process in pieces]) for j in range(len(parts))]
 
     def _all_reduce(self, tensor: Tensor) -> Tensor:
         dist.all_reduce(tensor, group=self.group)
@@ -122,10 +156,25 @@ class ShardedSelection(Selection):
         mine = [count if primary else 0 for count, primary in zip(counts, self.primary, strict=True)]
         return self._all_reduce(torch.tensor(mine, dtype=torch.long, device=like[0].device)).tolist()
 
-    def _keep_last_ties(self, flats: list[Tensor], keeps: list[Tensor], threshold: Tensor, surplus: int) -> None:
-        """Keeps the last ``surplus`` elements equal to ``threshold`` in the order of the whole tensors (tensor by
-        tensor, rows in order): ranges are ordered by their first row, so a count per range says which are whose."""
-        tied = [int(torch.count_nonzero(flat == threshold)) for flat in flats]
+    def _keep_last_ties(
+        self,
+        flats: list[Tensor],
+        keeps: list[Tensor],
+        pending: list[tuple[list[int], int]],
+        thresholds: list[tuple[Tensor, int]],
+    ) -> None:
+        """Keeps, in each group, the elements equal to its threshold beyond its k: the last ones in the order of the
+        whole tensors (tensor by tensor, rows in order). Ranges are ordered by their first row, so a count per range,
+        from one all-gather for all groups, says which are whose."""
+        tied_groups = [
+            g for g, ((_, k), (_, at_most)) in enumerate(zip(pending, thresholds, strict=True)) if at_most > k
+        ]
+        if not tied_groups:
+            return
+        tied = [0] * len(flats)
+        for g in tied_groups:
+            for i in pending[g][0]:
+                tied[i] = int(torch.count_nonzero(flats[i] == thresholds[g][0]))
         row = torch.tensor(
             [
                 [offset, count, int(primary)]
@@ -137,18 +186,18 @@ class ShardedSelection(Selection):
         table = [torch.empty_like(row) for _ in range(dist.get_world_size(self.group))]
         dist.all_gather(table, row, group=self.group)
         ranges = torch.stack(table).cpu().tolist()  # process x tensor x (offset, tied, primary)
-        restore: dict[tuple[int, int], int] = {}
-        for index in reversed(range(len(flats))):
-            held = sorted({(r[index][0], r[index][1]) for r in ranges if r[index][2] and r[index][1]}, reverse=True)
-            for offset, count in held:
-                restore[(index, offset)] = min(surplus, count)
-                surplus -= restore[(index, offset)]
+        for g in tied_groups:
+            (members, k), (threshold, at_most) = pending[g], thresholds[g]
+            surplus = at_most - k
+            for index in reversed(members):
+                held = sorted({(r[index][0], r[index][1]) for r in ranges if r[index][2] and r[index][1]}, reverse=True)
+                for offset, count in held:
+                    restored = min(surplus, count)
+                    if offset == self.offsets[index] and restored:
+                        positions = (flats[index] == threshold).nonzero().squeeze(1)
+                        keeps[index][positions[-restored:]] = True
+                    surplus -= restored
+                    if not surplus:
+                        break
                 if not surplus:
                     break
-            if not surplus:
-                break
-        for index, (flat, keep) in enumerate(zip(flats, keeps, strict=True)):
-            count = restore.get((index, self.offsets[index]), 0)
-            if count:
-                positions = (flat == threshold).nonzero().squeeze(1)
-                keep[positions[-count:]] = True
