@@ -57,7 +57,8 @@ class PruningCallback(Callback):
       pruner's ``names`` to the weights of the model as it will train, as (module, parameter name) pairs; bad
       names, overlaps (also with another PruningCallback), frozen or indivisible weights fail here, before any
       step; restores checkpointed masks and registers a post-hook on every optimizer;
-    - ``on_train_start``: locks PatternLock zeros, applies step-0 updates;
+    - ``on_train_start``: restores checkpointed masks where the strategy restores checkpoints after ``on_fit_start``
+      (``ModelParallelStrategy``), locks PatternLock zeros, applies step-0 updates;
     - ``on_train_epoch_start``: mask updates of epoch-counted pruners;
     - ``on_before_optimizer_step``: the pruners of that optimizer's weights count the step and read its gradients;
     - right after every optimizer step (the optimizer's post-hook, in automatic and manual optimization alike):
@@ -67,6 +68,9 @@ class PruningCallback(Callback):
 
     A step-counted ramp counts the steps of the first optimizer that holds one of the pruner's weights: with one
     optimizer that is ``trainer.global_step``; with several (manual optimization), each pruner follows its own.
+
+    Strategies: a single device, DDP, and FSDP2 (``ModelParallelStrategy``), where weights split by rows keep masks
+    for their local rows and :meth:`report` is collective; others are refused at ``setup`` (docs/reliability.md).
 
     Args:
         pruners: the pruning rules, each on its own weights: a list, or one :class:`Pruner`; ``None`` means one
