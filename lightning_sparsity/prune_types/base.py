@@ -45,7 +45,8 @@ class PruneType:
     #: whether the type prunes only in one shot (its ramp is then ``[0, 0]``, the default)
     one_shot_only: ClassVar[bool] = False
     #: whether it prunes weights split across processes by rows (FSDP2): its scores of a weight's rows depend only on
-    #: those rows and their gradients, and its state is weight-shaped (``lightning_sparsity.sharding``)
+    #: those rows, their gradients and statistics every rank holds whole (per input feature); weight-shaped state is
+    #: kept per row (``lightning_sparsity.sharding``)
     shards: ClassVar[bool] = False
 
     def __init__(
