@@ -49,7 +49,10 @@ def minilm_shapes() -> dict[str, tuple[int, int]]:
 
 
 def mask_bytes(sparsifier: Sparsifier) -> int:
-    return sum(mask.numel() * mask.element_size() for mask in sparsifier.masks.values())
+    """Bytes of the masks, and of the pruned positions that small weights keep in their dtype for their ``lerp_``
+    (a rank's shards are smaller, so more of them count as small)."""
+    tensors = [*sparsifier.masks.values(), *sparsifier._small_drops]
+    return sum(t.numel() * t.element_size() for t in tensors)
 
 
 def timed_update(sparsifier: Sparsifier, dense: dict[str, torch.Tensor], device: str) -> float:
