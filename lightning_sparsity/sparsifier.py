@@ -22,9 +22,9 @@ from lightning_sparsity.report import LayerSparsity
 from lightning_sparsity.sharding import check_tiling, gathered, local_rows, local_view, row_shard, summed
 from lightning_sparsity.structure import StructuredGroup, structured_masks
 
-#: Weights of at most this many values keep their pruned positions as 1.0 in their own dtype for the per-step
-#: ``lerp`` towards zero (at most 4 bytes a value more, for these small weights only): their cost is the call, not
-#: the arithmetic.
+#: Weights of at most this many values (a rank's shard counts by its whole weight) keep their pruned positions as
+#: 1.0 in their own dtype for the per-step ``lerp`` towards zero (at most 4 bytes a value more, for these small
+#: weights only): their cost is the call, not the arithmetic.
 SMALL_WEIGHT = 1 << 16
 
 
@@ -326,7 +326,7 @@ class Sparsifier:
         if self._derived_from is self.masks:
             return
         self._derived_from = self.masks
-        small = [name for name, mask in self.masks.items() if mask.numel() <= SMALL_WEIGHT]
+        small = [name for name in self.masks if self.weights[name].numel() <= SMALL_WEIGHT]  # whole, not a shard
         large = [name for name in self.masks if name not in small]
         self._small_weights = [self.local[name] for name in small]
         self._small_drops = [self.masks[name].logical_not().to(self.local[name].dtype) for name in small]
