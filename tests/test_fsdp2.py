@@ -49,7 +49,11 @@ def _process(rank: int, port: int, world: int, function: Callable[..., None], ar
         NODE_RANK="0",
     )
     torch.set_num_threads(1)
-    function(rank, *args)
+    try:
+        function(rank, *args)
+    finally:  # a process group left to interpreter exit can abort the process (its gloo threads still running)
+        if dist.is_initialized():
+            dist.destroy_process_group()
 
 
 def _rows_of(rank: int, rows: int) -> slice:
