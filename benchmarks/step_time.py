@@ -99,8 +99,8 @@ class StepClock(Callback):
 
 class TimedPruning(PruningCallback):
     """The PruningCallback with the CPU seconds spent in its per-step hooks (its optimizer step post-hook included)
-    counted: its own cost, measured
-    directly, which load on a shared machine disturbs far less than the difference of two step times."""
+    counted: its own cost, measured directly, which load on a shared machine disturbs far less than the difference
+    of two step times."""
 
     def __init__(self, pruners: list[Pruner]) -> None:
         super().__init__(pruners)

@@ -168,8 +168,7 @@ class PruningCallback(Callback):
         if self._restored is None:
             return
         for sparsifier, state in zip(self.sparsifiers, self._restored["states"], strict=True):
-            sparsifier.load_state_dict(state, steps_taken=trainer.global_step)
-            sparsifier.follow_weights()
+            sparsifier.load_state_dict(state, steps_taken=trainer.global_step)  # on the weights' devices
         self._restored = None
 
     def _bound_to(self, pl_module: pl.LightningModule) -> bool:

@@ -8,13 +8,14 @@ checkpoint (Lightning saves the callback's state from rank zero).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Optional
+from typing import Optional
 
 import torch
-import torch.distributed as dist
 from torch import Tensor
 from torch.distributed.tensor import DTensor, Replicate, Shard
 from torch.distributed.tensor._utils import compute_local_shape_and_global_offset
+
+from lightning_sparsity.functional.sharded_selection import all_gathered_rows
 
 
 @dataclass(frozen=True)
@@ -81,10 +82,8 @@ def local_rows(whole: Tensor, shard: RowShard) -> Tensor:
 
 def check_tiling(shards: dict[str, RowShard]) -> None:
     """Refuses weights whose primary row ranges across processes do not tile their rows once each (collective)."""
-    mine = _on_backend_device(torch.tensor([[s.offset, s.rows, int(s.primary)] for s in shards.values()]))
-    table = [torch.empty_like(mine) for _ in range(dist.get_world_size())]
-    dist.all_gather(table, mine)
-    ranges = torch.stack([t.cpu() for t in table]).tolist()
+    device = next(iter(shards.values())).weight.device  # where the weights' backend reduces
+    ranges = all_gathered_rows([[s.offset, s.rows, int(s.primary)] for s in shards.values()], device)
     for index, (name, shard) in enumerate(shards.items()):
         held = sorted((r[index][0], r[index][1]) for r in ranges if r[index][2] and r[index][1])
         ends = [0] + [offset + rows for offset, rows in held]
@@ -93,20 +92,6 @@ def check_tiling(shards: dict[str, RowShard]) -> None:
                 f"weight {name!r}'s rows are split across processes as {held} (offset, rows) of {shard.shape[0]}: "
                 "PruningCallback needs each row held once, in one range per process"
             )
-
-
-def summed(counts: list[int], device: Any) -> list[int]:
-    """``counts`` summed over all processes (collective)."""
-    total = torch.tensor(counts, dtype=torch.long, device=device)
-    dist.all_reduce(total)
-    return total.tolist()
-
-
-def _on_backend_device(tensor: Tensor) -> Tensor:
-    """``tensor`` where the default group's backend reduces: the current GPU for NCCL, else the CPU."""
-    if dist.get_backend() == "nccl":
-        return tensor.to(torch.device("cuda", torch.cuda.current_device()))
-    return tensor
 
 
 def _contiguous_stride(shape: torch.Size) -> tuple[int, ...]:

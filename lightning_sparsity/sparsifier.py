@@ -19,7 +19,7 @@ from lightning_sparsity.layers import as_out_in
 from lightning_sparsity.prune_types.base import prune_type_class, prune_types
 from lightning_sparsity.pruner import Pruner
 from lightning_sparsity.report import LayerSparsity
-from lightning_sparsity.sharding import check_tiling, gathered, local_rows, local_view, row_shard, summed
+from lightning_sparsity.sharding import check_tiling, gathered, local_rows, local_view, row_shard
 from lightning_sparsity.structure import StructuredGroup, structured_masks
 
 #: Weights of at most this many values (a rank's shard counts by its whole weight) keep their pruned positions as
@@ -54,7 +54,7 @@ class Sparsifier:
         self.shards = {name: row_shard(name, weight) for name, weight in weights.items()}  # None: held whole
         self.sharded = any(shard is not None for shard in self.shards.values())
         self.local = {name: local_view(weight) for name, weight in weights.items()}  # what masks are applied to
-        self._local_sources = self._sources()
+        self.selection = self._selection()
         self.modules = dict(modules or {})  # each weight's layer, where known: Conv1D weights are stored in x out
         self.numel = sum(w.numel() for w in weights.values())  # read every step by the logged sparsity
         self.groups = list(groups)
@@ -112,10 +112,6 @@ class Sparsifier:
                 )
         check_tiling({name: shard for name, shard in self.shards.items() if shard is not None})
 
-    def _sources(self) -> list[Any]:
-        """What each local view was taken from (a DTensor's local tensor), to notice when FSDP replaces one."""
-        return [getattr(w, "_local_tensor", w) for w in self.weights.values()]
-
     def _selection(self) -> Selection:
         """How masks are selected: in this process, or across the processes that hold the weights' row ranges (a
         weight held whole in a sharded run counts on rank zero)."""
@@ -126,13 +122,9 @@ class Sparsifier:
         return ShardedSelection(offsets, primary)
 
     def _summed(self, counts: Mapping[str, int]) -> list[int]:
-        """Counts of this process's rows of some weights (by name), summed over the processes (collective when
-        sharded)."""
-        if not self.sharded:
-            return list(counts.values())
-        primary = dict(zip(self.weights, cast(ShardedSelection, self._selection()).primary, strict=True))
-        device = next(iter(self.local.values())).device
-        return summed([count if primary[name] else 0 for name, count in counts.items()], device)
+        """Per weight, counts of this process's part of it (0 for a weight not named) summed over the processes that
+        hold it (collective when sharded)."""
+        return self.selection.summed([counts.get(name, 0) for name in self.weights], list(self.local.values()))
 
     @property
     def counts_steps(self) -> bool:
@@ -208,11 +200,10 @@ class Sparsifier:
     @torch.no_grad()
     def update_masks(self, sparsity: float) -> None:
         """Recomputes the masks to prune a ``sparsity`` fraction and zeroes the pruned weights."""
-        if not self._all_finite():
-            name = next((name for name, weight in self.local.items() if not all_finite([weight])), None)
-            where = "a weight on another rank" if name is None else f"weight {name!r}"
+        name = self._non_finite_weight()
+        if name is not None:
             raise FloatingPointError(
-                f"{where} holds NaN or infinite values at a pruning mask update; lower the "
+                f"weight {name!r} holds NaN or infinite values at a pruning mask update; lower the "
                 "learning rate, enable gradient clipping (Trainer(gradient_clip_val=...)) or use fp32"
             )
         previous = self.masks
@@ -227,7 +218,7 @@ class Sparsifier:
             matrices = (self._out_in(name, s) for name, s in zip(self.weights, scores, strict=True))
             on_cpu = all(weight.device.type == "cpu" for weight in self.local.values())
             if self.pruner.scope == "global" or not on_cpu or self.sharded:  # a GPU sorts equal-sized tensors together
-                keeps = pattern_masks(list(matrices), *settings, selection=self._selection())
+                keeps = pattern_masks(list(matrices), *settings, selection=self.selection)
             else:  # tensor by tensor on the CPU, so that one score tensor is alive at a time
                 keeps = [pattern_masks([matrix], *settings)[0] for matrix in matrices]
             self.masks = {
@@ -237,10 +228,11 @@ class Sparsifier:
         self.criterion.after_mask_update(previous, self.masks, self.target_reached)
         self.apply_masks()
 
-    def _all_finite(self) -> bool:
-        """Whether no weight holds inf or NaN, on any process."""
+    def _non_finite_weight(self) -> Optional[str]:
+        """The first weight holding inf or NaN in any process's part of it, or None (one check of all at once)."""
         finite = all_finite(self.local.values())
-        return finite if not self.sharded else not sum(self._summed({name: int(not finite) for name in self.local}))
+        flags = {} if finite else {name: int(not all_finite([weight])) for name, weight in self.local.items()}
+        return next((name for name, flag in zip(self.weights, self._summed(flags), strict=True) if flag), None)
 
     def _out_in(self, name: str, tensor: Tensor) -> Tensor:
         """A weight-shaped tensor seen as ``out_features x in_features`` (transposed for a Conv1D weight)."""
@@ -264,7 +256,7 @@ class Sparsifier:
             self.weights[name] = weight
             self.shards[name] = row_shard(name, weight)
             self.local[name] = local_view(weight)  # the criterion holds this dict: it follows too
-        self._local_sources = self._sources()
+        self.selection = self._selection()
         self._derived_from = None
 
     @torch.no_grad()
@@ -278,8 +270,6 @@ class Sparsifier:
         ``lerp_`` towards zero by their pruned positions (1.0 there, in their own dtype): a weight of 0 leaves a finite
         value as it is, a weight of 1 gives +0.0, in one call for all where ``mul_`` + ``add_`` take two.
         """
-        if self.sharded and self._sources() != self._local_sources:  # FSDP re-created a local tensor
-            self.rebind(dict(self.weights))
         self._derive_from_masks()
         if self._small_weights:
             torch._foreach_lerp_(self._small_weights, self._small_zeros, self._small_drops)
@@ -294,15 +284,14 @@ class Sparsifier:
         if not self.sharded:
             self.criterion.before_optimizer_step(skip_non_finite)
             return
-        for name, weight in self.weights.items():
-            if weight is not self.local[name]:
-                self.local[name].grad = None if weight.grad is None else local_view(weight.grad)
+        views = [(self.local[name], weight) for name, weight in self.weights.items() if weight is not self.local[name]]
+        for view, weight in views:
+            view.grad = None if weight.grad is None else local_view(weight.grad)
         try:
             self.criterion.before_optimizer_step(skip_non_finite)
         finally:
-            for name, weight in self.weights.items():
-                if weight is not self.local[name]:
-                    self.local[name].grad = None
+            for view, _ in views:
+                view.grad = None
 
     def _scores_for(self, name: str, weight: Tensor) -> Tensor:
         """The criterion's scores, already-pruned weights at the lowest finite value so that they stay pruned

@@ -172,11 +172,16 @@ UPDATES = 5 + 5
 EPOCHS = 2
 
 
-def _trainer(max_epochs: int, callbacks: list[Callback], root: Path, devices: int = WORLD) -> pl.Trainer:
+def _trainer(
+    max_epochs: int, callbacks: list[Callback], root: Path, devices: int = WORLD, tensor_parallel: bool = False
+) -> pl.Trainer:
+    """Data parallel over ``devices`` ranks (FSDP2), or tensor parallel over them."""
     return pl.Trainer(
         accelerator="cpu",
         devices=devices,
-        strategy=ModelParallelStrategy(data_parallel_size=devices, tensor_parallel_size=1),
+        strategy=ModelParallelStrategy(
+            data_parallel_size=1 if tensor_parallel else devices, tensor_parallel_size=devices if tensor_parallel else 1
+        ),
         max_epochs=max_epochs,
         callbacks=callbacks,
         default_root_dir=root,
@@ -356,18 +361,7 @@ class TensorParallelMLP(ShardedMLP):
 
 def _tensor_parallel(rank: int, folder: Path, names: list[str]) -> None:
     pruning = PruningCallback([Pruner(prune_type="SnipMomentum", step_range=[1, 5], names=names)])
-    trainer = pl.Trainer(
-        accelerator="cpu",
-        devices=WORLD,
-        strategy=ModelParallelStrategy(data_parallel_size=1, tensor_parallel_size=WORLD),
-        max_epochs=1,
-        callbacks=[CheckEveryUpdate(pruning, folder), pruning],
-        default_root_dir=folder,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-    )
+    trainer = _trainer(1, [CheckEveryUpdate(pruning, folder), pruning], folder, tensor_parallel=True)
     try:
         trainer.fit(TensorParallelMLP(), _data())
     except ValueError as error:

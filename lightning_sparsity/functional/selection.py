@@ -280,6 +280,10 @@ class Selection:
     pattern_masks` asks of the tensors it selects in (``ShardedSelection`` answers the same over row ranges of
     tensors split across processes)."""
 
+    def summed(self, counts: list[int], like: Sequence[Tensor]) -> list[int]:
+        """Per tensor, ``counts`` of its elements here summed over the processes that hold it: ``counts`` itself."""
+        return counts
+
     def sizes(self, values: Sequence[Tensor]) -> list[int]:
         """Each tensor's number of elements."""
         return [v.numel() for v in values]

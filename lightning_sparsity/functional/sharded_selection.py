@@ -42,11 +42,16 @@ class ShardedSelection(Selection):
         self.primary = list(primary)
         self.group = group
 
+    def summed(self, counts: list[int], like: Sequence[Tensor]) -> list[int]:
+        """Per tensor, the sum over processes of ``counts`` (each range counted once): one all-reduce."""
+        mine = [count if primary else 0 for count, primary in zip(counts, self.primary, strict=True)]
+        return self._all_reduce(torch.tensor(mine, dtype=torch.long, device=like[0].device)).tolist()
+
     def sizes(self, values: Sequence[Tensor]) -> list[int]:
-        return self._summed([v.numel() for v in values], values)
+        return self.summed([v.numel() for v in values], values)
 
     def kept(self, keeps: Sequence[Tensor]) -> list[int]:
-        return self._summed([int(torch.count_nonzero(keep)) for keep in keeps], keeps)
+        return self.summed([int(torch.count_nonzero(keep)) for keep in keeps], keeps)
 
     def smallest_k_mask(self, values: Sequence[Tensor], k: int) -> list[Tensor]:
         return self._select(values, [list(range(len(values)))], [k])
@@ -151,11 +156,6 @@ class ShardedSelection(Selection):
         dist.all_reduce(tensor, group=self.group)
         return tensor
 
-    def _summed(self, counts: list[int], like: Sequence[Tensor]) -> list[int]:
-        """Per tensor, the sum over processes of ``counts`` (each range counted once)."""
-        mine = [count if primary else 0 for count, primary in zip(counts, self.primary, strict=True)]
-        return self._all_reduce(torch.tensor(mine, dtype=torch.long, device=like[0].device)).tolist()
-
     def _keep_last_ties(
         self,
         flats: list[Tensor],
@@ -175,17 +175,11 @@ class ShardedSelection(Selection):
         for g in tied_groups:
             for i in pending[g][0]:
                 tied[i] = int(torch.count_nonzero(flats[i] == thresholds[g][0]))
-        row = torch.tensor(
-            [
-                [offset, count, int(primary)]
-                for offset, count, primary in zip(self.offsets, tied, self.primary, strict=True)
-            ],
-            dtype=torch.long,
-            device=flats[0].device,
-        )
-        table = [torch.empty_like(row) for _ in range(dist.get_world_size(self.group))]
-        dist.all_gather(table, row, group=self.group)
-        ranges = torch.stack(table).cpu().tolist()  # process x tensor x (offset, tied, primary)
+        rows = [
+            [offset, count, int(primary)]
+            for offset, count, primary in zip(self.offsets, tied, self.primary, strict=True)
+        ]
+        ranges = all_gathered_rows(rows, flats[0].device, self.group)  # process x tensor x (offset, tied, primary)
         for g in tied_groups:
             (members, k), (threshold, at_most) = pending[g], thresholds[g]
             surplus = at_most - k
@@ -201,3 +195,11 @@ class ShardedSelection(Selection):
                         break
                 if not surplus:
                     break
+
+
+def all_gathered_rows(rows: list[list[int]], device: Any, group: Optional[Any] = None) -> list[list[list[int]]]:
+    """Every process's table of integers (the same number of rows and columns on each), by process: one all-gather."""
+    mine = torch.tensor(rows, dtype=torch.long, device=device)
+    tables = [torch.empty_like(mine) for _ in range(dist.get_world_size(group))]
+    dist.all_gather(tables, mine, group=group)
+    return torch.stack(tables).cpu().tolist()
