@@ -18,7 +18,7 @@ import pytest
 import torch
 from helpers import TinyBert, make_trainer, toy_loader
 from jsonargparse import ArgumentError, ArgumentParser
-from lightning.pytorch.strategies import DeepSpeedStrategy, FSDPStrategy, Strategy
+from lightning.pytorch.strategies import DeepSpeedStrategy, FSDPStrategy, Strategy, XLAStrategy
 from torch import nn
 
 from lightning_sparsity import Pruner, PruningCallback
@@ -225,6 +225,12 @@ CASES: list[tuple[str, Callable[[Path], Any], type[BaseException], str]] = [
         lambda _: setup_under(mock.Mock(spec=DeepSpeedStrategy)),
         ValueError,
         r"does not support strategy DeepSpeedStrategy: DeepSpeed keeps fp32 master weights.*ModelParallelStrategy",
+    ),
+    (
+        "XLA",
+        lambda _: setup_under(mock.Mock(spec=XLAStrategy)),
+        ValueError,
+        r"does not support strategy XLAStrategy: XLA strategies are not tested",
     ),
     (
         "unknown strategy",
