@@ -23,7 +23,8 @@ interrupted study goes on where it stopped (``--fresh`` reruns all: use it after
     python -m benchmarks.accuracy          # a smoke run on a few examples, to check the pipeline
 
 ``--systems`` and ``--targets`` run part of it (dense always runs: it is the baseline and the teacher), saved as
-``accuracy_partial.json`` (``accuracy_smoke_partial.json``) beside the study's.
+``accuracy_partial.json`` (``accuracy_smoke_partial.json``) beside the study's, or under ``--save-as``: the
+ours + teacher rows are ``--save-as accuracy_teacher``, which docs/benchmarks.md shows beside the study.
 """
 
 from __future__ import annotations
@@ -327,6 +328,7 @@ def main() -> None:
     parser.add_argument("--systems", nargs="+", help="run only these systems (and dense): e.g. 'ours + teacher, OBS'")
     parser.add_argument("--targets", type=float, nargs="+", help=f"run only these sparsities (default {SPARSITIES})")
     parser.add_argument("--threads", type=int, default=1, help="torch threads per run")
+    parser.add_argument("--save-as", help="name of the results file in benchmarks/results/ (default: from the mode)")
     parser.add_argument("--workers", type=int, default=2, help="runs in parallel (one per core)")
     args = parser.parse_args()
     settings = {
@@ -389,7 +391,7 @@ def main() -> None:
     print(table(ACCURACY_HEADER, accuracy_rows(summaries)))
     partial = "_partial" if args.systems or args.targets else ""  # part of the study: kept beside it, not over it
     save(
-        ("accuracy" if args.full else "accuracy_smoke") + partial,
+        args.save_as or ("accuracy" if args.full else "accuracy_smoke") + partial,
         {"settings": settings, "runs": summaries, "finalists": medians, "all_runs": runs},
     )
 

@@ -328,54 +328,60 @@ TEACHER_GOAL_POINTS = {0.8: 0.3, 0.9: 1.0}
 
 def _distillation() -> str:
     """Step time with a teacher, and the study's ours + teacher rows (``accuracy_teacher.json``) beside ours alone."""
-    step, distilled, study = load("distillation_step_time"), load("accuracy_teacher"), load("accuracy")
+    step, distilled = load("distillation_step_time"), load("accuracy_teacher")
     if not step and not distilled:
         return ""
-    text = "## Distillation while pruning\n\nHow to use a teacher, and what these figures mean: "
-    text += "[distillation](distillation.md).\n\n"
-    if step:
-        met = "met" if step["goal_met"] else "missed"
-        text += (
-            f"`python -m benchmarks.distillation_step_time --rounds {step['rounds']} --steps {step['steps_per_fit']}`: "
-            f"{step['setup']}, {step['threads']} torch thread(s), measured {step['machine']['date']}. Goal: a step "
-            f"with the teacher <= {step['goal']}x the student's alone, in CPU time: {met}.\n\n"
-            + table(STEP_HEADER, step_time_rows(step))
-            + "\n\n"
+    return (
+        "## Distillation while pruning\n\nHow to use a teacher, and what these figures mean: "
+        "[distillation](distillation.md).\n\n" + _distillation_step(step) + _distillation_study(distilled)
+    )
+
+
+def _distillation_step(step: dict[str, Any] | None) -> str:
+    if not step:
+        return ""
+    return (
+        f"`python -m benchmarks.distillation_step_time --rounds {step['rounds']} --steps {step['steps_per_fit']}`: "
+        f"{step['setup']}, {step['threads']} torch thread(s), measured {step['machine']['date']}. Goal: a step "
+        f"with the teacher <= {step['goal']}x the student's alone, in CPU time: "
+        f"{'met' if step['goal_met'] else 'missed'}.\n\n" + table(STEP_HEADER, step_time_rows(step)) + "\n\n"
+    )
+
+
+def _distillation_study(distilled: dict[str, Any] | None) -> str:
+    if not distilled:
+        return ""
+    settings, rows = distilled["settings"], distilled["runs"]
+    without_teacher = {configuration_key(r): r for r in (load("accuracy") or {}).get("runs", [])}
+    goals = []
+    for r in (r for r in rows if r["system"].startswith(TEACHER)):
+        points = TEACHER_GOAL_POINTS[r["target"]]
+        line = (
+            f"- {r['target']:.0%}: {r['system']} is {r['test_delta_points']:+.2f} points from dense (goal: within "
+            f"{points}: {'met' if r['test_delta_points'] >= -points else 'missed'})"
         )
-    if distilled:
-        settings = distilled["settings"]
-        rows = distilled["runs"]
-        alone = {configuration_key(r): r for r in (study or {}).get("runs", [])}
-        goals = []
-        for r in (r for r in rows if r["system"].startswith(TEACHER)):
-            points = TEACHER_GOAL_POINTS[r["target"]]
-            line = (
-                f"- {r['target']:.0%}: {r['system']} is {r['test_delta_points']:+.2f} points from dense (goal: within "
-                f"{points}: {'met' if r['test_delta_points'] >= -points else 'missed'})"
+        alone = without_teacher.get(("ours, " + r["system"].removeprefix(TEACHER), r["target"]))
+        if alone:
+            line += (
+                f"; without the teacher {alone['test_delta_points']:+.2f} (the study's row); with minus without, "
+                f"seed by seed: {_paired_points(r, alone)}"
             )
-            without = alone.get(("ours, " + r["system"].removeprefix(TEACHER), r["target"]))
-            if without:
-                line += (
-                    f"; without the teacher {without['test_delta_points']:+.2f} (the study's row); with minus without, "
-                    f"seed by seed: {_paired_points(r, without)}"
-                )
-            goals.append(line + ".")
-        text += (
-            "`python -m benchmarks.accuracy --full --systems 'ours + teacher, SnipMomentum' --finalists "
-            f"{settings['finalists']}` (saved as `accuracy_teacher.json`), the study's settings: ours with the loss "
-            f"distilled from the dense run with the same seed at lr {settings['teacher_lr']:g} (the rate the study "
-            f"chose for dense), temperature {settings['temperature']:g}, loss weights {settings['kd_weights']} "
-            f"(labels, teacher). Rates {', '.join(f'{lr:g}' for lr in settings['lrs'])} with seed 0; the "
-            f"{settings['finalists']} best on validation run {settings['seeds']} seeds; the best median runs "
-            f"{settings['final_seeds']}. Measured {distilled['machine']['date']}.\n\n"
-            + table(ACCURACY_HEADER, accuracy_rows(rows))
-            + "\n\n"
-            + "\n".join(goals)
-            + "\n\nValidation accuracy at each learning rate (as in the study's table):\n\n"
-            + table(*_tuning_table(distilled, settings["lrs"]))
-            + "\n"
-        )
-    return text
+        goals.append(line + ".")
+    return (
+        "`python -m benchmarks.accuracy --full --systems 'ours + teacher, SnipMomentum' --finalists "
+        f"{settings['finalists']} --save-as accuracy_teacher`, the study's settings: ours with the loss distilled "
+        f"from the dense run with the same seed at lr {settings['teacher_lr']:g} (the rate the study chose for "
+        f"dense), temperature {settings['temperature']:g}, loss weights {settings['kd_weights']} (labels, "
+        f"teacher). Rates {', '.join(f'{lr:g}' for lr in settings['lrs'])} with seed 0; the "
+        f"{settings['finalists']} best on validation run {settings['seeds']} seeds; the best median runs "
+        f"{settings['final_seeds']}. Measured {distilled['machine']['date']}.\n\n"
+        + table(ACCURACY_HEADER, accuracy_rows(rows))
+        + "\n\n"
+        + "\n".join(goals)
+        + "\n\nValidation accuracy at each learning rate (as in the study's table):\n\n"
+        + table(*_tuning_table(distilled, settings["lrs"]))
+        + "\n"
+    )
 
 
 def _tuning_table(result: dict[str, Any], lrs: list[float]) -> tuple[list[str], list[list[Any]]]:
